@@ -1,0 +1,91 @@
+"""What every model adapter provides, and the precision/latency wrapper they share.
+
+Adding a model = one adapter module + one profile YAML. An adapter names the
+helical artifacts it loads, the gene identifiers it needs, reads its
+vocabulary, builds the helical model through helical's public classes, and
+embeds one in-memory chunk.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..profiles import Profile
+
+
+class Adapter(abc.ABC):
+    #: adapter name used on the command line and in profiles
+    name: ClassVar[str]
+    #: identifiers the model's vocabulary is keyed on: "ensembl" or "symbol"
+    gene_id: ClassVar[str]
+
+    def __init__(self, profile: Profile, *, device: str, precision: str, overrides: dict | None = None):
+        self.profile = profile
+        self.device = device
+        self.precision = precision
+        self.overrides = dict(overrides or {})
+        self.batch_latencies: list[float] = []
+        self.model = None
+
+    @abc.abstractmethod
+    def artifact_files(self) -> list[str]:
+        """helical cache-relative paths this model loads."""
+
+    @abc.abstractmethod
+    def vocabulary(self, cache: Path) -> set[str]:
+        """Gene identifiers the model knows (read from its artifacts, no model load)."""
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Build the helical model (artifacts must already be in helical's cache)."""
+
+    @abc.abstractmethod
+    def embed(self, chunk) -> np.ndarray:
+        """Embed an AnnData chunk whose var index holds this model's identifiers."""
+
+    # -- shared helpers ---------------------------------------------------
+
+    def autocast(self):
+        """Autocast context for the chosen precision (innermost, so it wins over helical's)."""
+        import torch
+
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        return torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def timed(self, fn):
+        """Wrap a forward function: apply precision and record each batch's latency."""
+        import torch
+
+        cuda = self.device.startswith("cuda")
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            with self.autocast():
+                out = fn(*args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+            self.batch_latencies.append(time.perf_counter() - start)
+            return out
+
+        return wrapper
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    """Some helical models write scratch files into the current directory."""
+    import os
+
+    previous = Path.cwd()
+    path.mkdir(parents=True, exist_ok=True)
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)

@@ -1,0 +1,65 @@
+"""UCE through helical's UCE/UCEConfig.
+
+UCE writes ``<name>_counts.npz`` into the current directory and reads it back
+lazily while embedding, so each chunk runs inside a private scratch folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .base import Adapter, working_directory
+
+_HUMAN_PROTEIN_EMBEDDINGS = "uce/protein_embeddings/Homo_sapiens.GRCh38.gene_symbol_to_embedding_ESM2.pt"
+# Overrides that are UCEConfig arguments; n_layers is derived from the model name
+# by helical, so the demo bundle sets it on the config dict afterwards.
+_CONFIG_ARGS = {"token_dim", "d_hid", "output_dim", "sample_size", "pad_length", "CHROM_TOKEN_OFFSET"}
+
+
+class UCEAdapter(Adapter):
+    name = "uce"
+    gene_id = "symbol"
+
+    def artifact_files(self) -> list[str]:
+        model_name = self.profile.helical_model_name
+        return [
+            "uce/all_tokens.torch",
+            f"uce/{model_name}.torch",
+            "uce/species_chrom.csv",
+            "uce/species_offsets.json",
+            _HUMAN_PROTEIN_EMBEDDINGS,
+        ]
+
+    def vocabulary(self, cache: Path) -> set[str]:
+        import pandas as pd
+
+        # A gene needs a chromosome position as well as a protein embedding;
+        # the position table is the cheaper of the two to read.
+        table = pd.read_csv(cache / "uce/species_chrom.csv", usecols=["species", "gene_symbol"])
+        return set(table.loc[table["species"] == "human", "gene_symbol"].astype(str).str.upper())
+
+    def load(self) -> None:
+        from helical.models.uce import UCE, UCEConfig
+
+        args = {k: v for k, v in self.overrides.items() if k in _CONFIG_ARGS}
+        config = UCEConfig(
+            model_name=self.profile.helical_model_name,
+            batch_size=self.profile.batch_size,
+            device=self.device,
+            **args,
+        )
+        if "n_layers" in self.overrides:
+            config.config["n_layers"] = self.overrides["n_layers"]
+        self._scratch = Path(tempfile.mkdtemp(prefix="helical-runner-uce-"))
+        with working_directory(self._scratch):
+            self.model = UCE(configurer=config)
+        self.model.model.forward = self.timed(self.model.model.forward)
+
+    def embed(self, chunk) -> np.ndarray:
+        chunk.var_names = chunk.var_names.astype(str).str.upper()
+        with working_directory(self._scratch):
+            dataset = self.model.process_data(chunk, gene_names="index", name="chunk")
+            return np.asarray(self.model.get_embeddings(dataset), dtype=np.float32)

@@ -1,0 +1,89 @@
+"""Resource profiles: one YAML per model, shared by the runner, the DAG and the pod specs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BadInput
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+PRECISIONS = ("fp32", "fp16", "bf16")
+REQUIRED = (
+    "model",
+    "helical_model_name",
+    "gene_id",
+    "embedding_dim",
+    "precision",
+    "batch_size",
+    "cells_per_chunk",
+    "cells_per_shard",
+    "timeout_minutes",
+    "resources",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    model: str
+    helical_model_name: str
+    gene_id: str
+    embedding_dim: int
+    precision: str
+    batch_size: int
+    cells_per_chunk: int
+    cells_per_shard: int
+    timeout_minutes: int
+    resources: dict[str, Any]
+    source: str = ""
+
+    def with_overrides(self, **changes: Any) -> Profile:
+        clean = {k: v for k, v in changes.items() if v is not None}
+        return validate(dataclasses.replace(self, **clean))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load(name_or_path: str) -> Profile:
+    """Load a profile by model name (built-in) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise BadInput(
+            f"unknown profile '{name_or_path}' (built-in: {', '.join(available())})", where=str(path)
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BadInput(f"profile is not valid YAML: {exc}", where=str(path)) from exc
+    if not isinstance(data, dict):
+        raise BadInput("profile must be a YAML mapping", where=str(path))
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise BadInput(f"profile misses {', '.join(missing)}", where=str(path))
+    unknown = sorted(set(data) - set(REQUIRED))
+    if unknown:
+        raise BadInput(f"profile has unknown keys {', '.join(unknown)}", where=str(path))
+    return validate(Profile(**data, source=str(path)))
+
+
+def validate(profile: Profile) -> Profile:
+    where = profile.source or profile.model
+    if profile.precision not in PRECISIONS:
+        raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, not '{profile.precision}'", where=where)
+    if profile.gene_id not in ("ensembl", "symbol"):
+        raise BadInput(f"gene_id must be 'ensembl' or 'symbol', not '{profile.gene_id}'", where=where)
+    for key in ("batch_size", "cells_per_chunk", "cells_per_shard", "timeout_minutes", "embedding_dim"):
+        value = getattr(profile, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadInput(f"{key} must be a positive integer, not {value!r}", where=where)
+    return profile

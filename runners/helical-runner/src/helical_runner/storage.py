@@ -1,0 +1,247 @@
+"""Local paths and ``s3://`` URIs behind one small interface.
+
+Everything the runner writes goes through :func:`atomic_local_file` or
+:func:`put_file`, so a killed run never leaves a file that looks complete:
+local files are written under a temporary name and renamed; S3 objects only
+appear when their upload completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BadInput, Transient
+
+S3_ENDPOINT_ENV = "HELICAL_RUNNER_S3_ENDPOINT_URL"
+HASH_BLOCK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: either a local path or an S3 bucket/key."""
+
+    uri: str
+    bucket: str | None = None
+    key: str | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.bucket is not None
+
+    @property
+    def path(self) -> Path:
+        if self.is_s3:
+            raise ValueError(f"{self.uri} is not a local path")
+        return Path(self.uri)
+
+    def child(self, name: str) -> Location:
+        if self.is_s3:
+            key = f"{self.key.rstrip('/')}/{name}" if self.key else name
+            return Location(f"s3://{self.bucket}/{key}", self.bucket, key)
+        return Location(str(Path(self.uri) / name))
+
+    def with_suffix(self, suffix: str) -> Location:
+        """The same location with ``suffix`` appended to its last component."""
+        if self.is_s3:
+            return Location(self.uri + suffix, self.bucket, self.key + suffix)
+        return Location(self.uri + suffix)
+
+    @property
+    def name(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse(uri: str) -> Location:
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://") :]
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise BadInput("S3 URI has no bucket", where=uri)
+        return Location(uri, bucket, key)
+    if "://" in uri:
+        raise BadInput("unsupported URI scheme (use a local path or s3://)", where=uri)
+    return Location(os.path.abspath(os.path.expanduser(uri)))
+
+
+_S3_CLIENT = None
+
+
+def s3_client():
+    """One boto3 client per process; endpoint from HELICAL_RUNNER_S3_ENDPOINT_URL."""
+    global _S3_CLIENT
+    if _S3_CLIENT is None:
+        import boto3
+        from botocore.config import Config
+
+        _S3_CLIENT = boto3.client(
+            "s3",
+            endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+    return _S3_CLIENT
+
+
+@contextlib.contextmanager
+def s3_errors(uri: str) -> Iterator[None]:
+    """Translate botocore failures into the runner's error classes."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}:
+            raise BadInput("no such S3 object", where=uri) from exc
+        if code in {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            raise BadInput(f"S3 access denied ({code})", where=uri) from exc
+        raise Transient(f"S3 error {code or exc}", where=uri, reason="io") from exc
+    except BotoCoreError as exc:
+        raise Transient(f"S3 unreachable: {exc}", where=uri, reason="network") from exc
+
+
+def exists(loc: Location) -> bool:
+    if not loc.is_s3:
+        return loc.path.exists()
+    from botocore.exceptions import ClientError
+
+    try:
+        with s3_errors(loc.uri):
+            s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
+        return True
+    except BadInput:
+        return False
+    except ClientError:
+        return False
+
+
+def list_names(prefix: Location) -> list[str]:
+    """Names directly below a folder/prefix (files only)."""
+    if not prefix.is_s3:
+        return sorted(p.name for p in prefix.path.iterdir() if p.is_file()) if prefix.path.is_dir() else []
+    names: list[str] = []
+    key = prefix.key.rstrip("/") + "/"
+    with s3_errors(prefix.uri):
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=prefix.bucket, Prefix=key):
+            for obj in page.get("Contents", []):
+                rest = obj["Key"][len(key) :]
+                if rest and "/" not in rest:
+                    names.append(rest)
+    return sorted(names)
+
+
+def delete_tree(loc: Location) -> None:
+    """Remove a folder/prefix and everything below it (missing is fine)."""
+    if not loc.is_s3:
+        shutil.rmtree(loc.path, ignore_errors=True)
+        return
+    key = loc.key.rstrip("/") + "/"
+    with s3_errors(loc.uri):
+        client = s3_client()
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=loc.bucket, Prefix=key):
+            objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if objs:
+                client.delete_objects(Bucket=loc.bucket, Delete={"Objects": objs})
+
+
+def get_file(loc: Location, dest: Path) -> None:
+    """Download an S3 object to ``dest`` atomically (streamed, bounded memory)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    with s3_errors(loc.uri):
+        s3_client().download_file(loc.bucket, loc.key, str(tmp))
+    os.replace(tmp, dest)
+
+
+def put_file(src: Path, loc: Location) -> None:
+    """Copy a finished local file to ``loc``; the destination appears whole or not at all."""
+    if loc.is_s3:
+        with s3_errors(loc.uri):
+            s3_client().upload_file(str(src), loc.bucket, loc.key)
+        return
+    loc.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = loc.path.with_name(loc.path.name + f".tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, loc.path)
+
+
+def read_bytes(loc: Location) -> bytes:
+    if not loc.is_s3:
+        return loc.path.read_bytes()
+    with s3_errors(loc.uri):
+        return s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+
+
+def write_bytes(loc: Location, data: bytes) -> None:
+    if loc.is_s3:
+        with s3_errors(loc.uri):
+            s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        return
+    with atomic_local_file(loc.path) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_json(loc: Location) -> dict:
+    return json.loads(read_bytes(loc))
+
+
+def write_json(loc: Location, payload: dict) -> None:
+    write_bytes(loc, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_local_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LocalInput:
+    """A readable local copy of an input URI (S3 objects are downloaded to a cache).
+
+    ``.h5ad`` files are opened backed through HDF5, which needs a seekable
+    local file, so S3 inputs are streamed to ``cache_dir`` once and reused by
+    later chunks and shards.
+    """
+
+    def __init__(self, uri: str, *, cache_dir: Path | None = None):
+        self.loc = parse(uri)
+        self.cache_dir = cache_dir or Path(
+            os.environ.get("HELICAL_RUNNER_CACHE", Path(tempfile.gettempdir()) / "helical-runner-cache")
+        )
+
+    def path(self) -> Path:
+        if not self.loc.is_s3:
+            if not self.loc.path.is_file():
+                raise BadInput("input file not found", where=self.loc.uri)
+            return self.loc.path
+        key_hash = hashlib.sha256(self.loc.uri.encode()).hexdigest()[:16]
+        dest = self.cache_dir / "inputs" / f"{key_hash}-{self.loc.name}"
+        if not dest.is_file():
+            get_file(self.loc, dest)
+        return dest
