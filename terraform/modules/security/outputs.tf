@@ -1,0 +1,29 @@
+output "kms_key_arns" {
+  description = "KMS key ARN per domain (s3, logs, eks, database, cache, efs, metrics, cloudtrail)."
+  value       = { for k, key in aws_kms_key.this : k => key.arn }
+}
+
+output "airflow_role_arn" {
+  description = "IRSA role for the Airflow service account (annotate it with eks.amazonaws.com/role-arn); null when not created."
+  value       = try(aws_iam_role.irsa["airflow"].arn, null)
+}
+
+output "runner_role_arn" {
+  description = "IRSA role for the helical-runner service account; null when not created."
+  value       = try(aws_iam_role.irsa["runner"].arn, null)
+}
+
+output "metrics_writer_role_arn" {
+  description = "IRSA role for the Prometheus agent that remote-writes into AMP; null when not created."
+  value       = try(aws_iam_role.irsa["metrics_writer"].arn, null)
+}
+
+output "cloudtrail_arn" {
+  description = "ARN of the multi-region trail; null when disabled."
+  value       = try(aws_cloudtrail.this[0].arn, null)
+}
+
+output "access_analyzer_arn" {
+  description = "ARN of the account's IAM Access Analyzer; null when disabled."
+  value       = try(aws_accessanalyzer_analyzer.this[0].arn, null)
+}
