@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The native local stack: one command each to start, stop and inspect it.
+#
+#   stack/stack.sh start          # idempotent; prints where each service listens
+#   stack/stack.sh status [--json]
+#   stack/stack.sh stop           # idempotent; stops every recorded PID
+#
+# Needs `scripts/bootstrap.sh system airflow` (Debian servers + .venvs/airflow);
+# `start` runs the system part itself when a server is missing.
+# Settings are environment variables, documented in stack/stackctl.py.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HELICAL_STACK_AIRFLOW_VENV:-$ROOT/.venvs/airflow}"
+if [[ "${1:-}" == start ]] && ! command -v prometheus-pushgateway >/dev/null; then
+  "$ROOT/scripts/bootstrap.sh" system
+fi
+exec "$VENV/bin/python" "$ROOT/stack/stackctl.py" "$@"
