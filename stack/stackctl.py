@@ -2,8 +2,8 @@
 
     stack/stack.sh start | stop | status [--json]
 
-Postgres, Redis, Prometheus, Pushgateway (Debian packages), the StatsD receiver
-and Airflow 3 with CeleryExecutor (api-server, scheduler, dag-processor,
+Postgres, Redis, Prometheus, Pushgateway (Debian packages), the StatsD receiver,
+a process exporter (CPU/memory per component, in place of cAdvisor) and Airflow 3 with CeleryExecutor (api-server, scheduler, dag-processor,
 triggerer, celery worker), all on 127.0.0.1. Every process runs in its own
 session (so its group can be stopped as a whole), its PID and start time are
 recorded in `<state>/pids/`, and `stop` signals exactly those PIDs. Both
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -44,6 +45,7 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # runs beside anything a user already has.
 PORTS = {
     "statsd_web": 2,
+    "process_exporter": 3,
     "statsd_udp": 25,
     "postgres": 32,
     "redis": 79,
@@ -59,6 +61,7 @@ COMPONENTS = (
     "postgres",
     "redis",
     "statsd-receiver",
+    "process-exporter",
     "pushgateway",
     "prometheus",
     "airflow-api-server",
@@ -147,7 +150,9 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def spawn(stack: Stack, name: str, argv: list[str], *, env: dict | None = None, user: str | None = None) -> int:
+def spawn(
+    stack: Stack, name: str, argv: list[str], *, env: dict | None = None, user: str | None = None
+) -> int:
     """Start one component in a new session, log to its file, record its PID."""
     log = stack.logfile(name).open("ab")
     proc = subprocess.Popen(
@@ -181,10 +186,8 @@ def stop_component(stack: Stack, name: str, timeout: float = 30.0) -> bool:
         return False
     # Postgres' fast shutdown is SIGINT to the postmaster, which stops its own children.
     sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + timeout
     while _group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -306,7 +309,9 @@ def start_postgres(stack: Stack, sec: dict) -> None:
         check=True, capture_output=True, text=True, **run_as_pg,
     ).stdout.strip()  # fmt: skip
     if not exists:
-        subprocess.run([*psql, "-c", "CREATE DATABASE airflow OWNER airflow"], check=True, **run_as_pg)
+        subprocess.run(
+            [*psql, "-c", "CREATE DATABASE airflow OWNER airflow"], check=True, **run_as_pg
+        )
 
 
 def start_redis(stack: Stack, sec: dict) -> None:
@@ -315,7 +320,7 @@ def start_redis(stack: Stack, sec: dict) -> None:
     _private_file(
         conf,
         f"bind 127.0.0.1\nport {stack.ports['redis']}\nrequirepass {sec['redis_password']}\n"
-        f"dir {run_dir}\nsave \"\"\nappendonly no\nprotected-mode yes\ndaemonize no\n",
+        f'dir {run_dir}\nsave ""\nappendonly no\nprotected-mode yes\ndaemonize no\n',
         owner="redis",
     )
     spawn(stack, "redis", ["redis-server", str(conf)], user="redis")
@@ -330,6 +335,15 @@ def start_statsd_receiver(stack: Stack, sec: dict) -> None:
     spawn(stack, "statsd-receiver", argv)
     url = f"http://127.0.0.1:{stack.ports['statsd_web']}/-/healthy"
     wait_for("statsd receiver", lambda: http_ok(url), 30, stack, "statsd-receiver")
+
+
+def start_process_exporter(stack: Stack, sec: dict) -> None:
+    argv = [str(stack.airflow_venv / "bin" / "python"), str(REPO / "stack" / "process_exporter.py"),
+            "--pids", str(stack.path("pids")),
+            "--web-address", f"127.0.0.1:{stack.ports['process_exporter']}"]  # fmt: skip
+    spawn(stack, "process-exporter", argv)
+    url = f"http://127.0.0.1:{stack.ports['process_exporter']}/metrics"
+    wait_for("process exporter", lambda: http_ok(url), 30, stack, "process-exporter")
 
 
 def start_pushgateway(stack: Stack, sec: dict) -> None:
@@ -353,12 +367,15 @@ global:
 rule_files: ["{rules}"]
 scrape_configs:
   - job_name: prometheus
-    static_configs: [{{targets: ["127.0.0.1:{p['prometheus']}"]}}]
+    static_configs: [{{targets: ["127.0.0.1:{p["prometheus"]}"]}}]
   - job_name: airflow
-    static_configs: [{{targets: ["127.0.0.1:{p['statsd_web']}"]}}]
+    static_configs: [{{targets: ["127.0.0.1:{p["statsd_web"]}"]}}]
   - job_name: pushgateway
     honor_labels: true
-    static_configs: [{{targets: ["127.0.0.1:{p['pushgateway']}"]}}]
+    static_configs: [{{targets: ["127.0.0.1:{p["pushgateway"]}"]}}]
+  # Stands in for cAdvisor: CPU/memory per component process group.
+  - job_name: processes
+    static_configs: [{{targets: ["127.0.0.1:{p["process_exporter"]}"]}}]
 """
 
 
@@ -438,14 +455,22 @@ def start_airflow(stack: Stack, sec: dict) -> None:
     for name, argv in commands.items():
         if tracked_pid(stack, name) is None:
             spawn(stack, name, argv, env=env)
-    wait_for("airflow api-server", lambda: bool(airflow_health(stack)), 120, stack, "airflow-api-server")
+    wait_for(
+        "airflow api-server", lambda: bool(airflow_health(stack)), 120, stack, "airflow-api-server"
+    )
 
     def components_healthy() -> bool:
         health = airflow_health(stack)
         wanted = ("metadatabase", "scheduler", "dag_processor", "triggerer")
         return all((health.get(k) or {}).get("status") == "healthy" for k in wanted)
 
-    wait_for("airflow scheduler/dag-processor/triggerer", components_healthy, 120, stack, "airflow-scheduler")
+    wait_for(
+        "airflow scheduler/dag-processor/triggerer",
+        components_healthy,
+        120,
+        stack,
+        "airflow-scheduler",
+    )
     wait_for("celery worker", lambda: worker_ready(stack), 120, stack, "airflow-worker")
 
 
@@ -457,6 +482,7 @@ STARTERS = {
     "postgres": start_postgres,
     "redis": start_redis,
     "statsd-receiver": start_statsd_receiver,
+    "process-exporter": start_process_exporter,
     "pushgateway": start_pushgateway,
     "prometheus": start_prometheus,
 }
@@ -471,7 +497,10 @@ def cmd_start(stack: Stack) -> int:
             print(f"[stack] {tool} missing: run scripts/bootstrap.sh system", file=sys.stderr)
             return 2
     if not (stack.airflow_venv / "bin" / "airflow").exists():
-        print(f"[stack] no Airflow at {stack.airflow_venv}: run scripts/bootstrap.sh airflow", file=sys.stderr)
+        print(
+            f"[stack] no Airflow at {stack.airflow_venv}: run scripts/bootstrap.sh airflow",
+            file=sys.stderr,
+        )
         return 2
     for sub in ("", "pids", "logs"):
         stack.path(sub).mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -510,6 +539,8 @@ def component_status(stack: Stack) -> list[dict]:
         "redis": (f"127.0.0.1:{p['redis']}", lambda: tcp_open(p["redis"])),
         "statsd-receiver": (f"udp 127.0.0.1:{p['statsd_udp']}, http://127.0.0.1:{p['statsd_web']}/metrics",
                             lambda: http_ok(f"http://127.0.0.1:{p['statsd_web']}/-/healthy")),
+        "process-exporter": (f"http://127.0.0.1:{p['process_exporter']}/metrics",
+                             lambda: http_ok(f"http://127.0.0.1:{p['process_exporter']}/metrics")),
         "pushgateway": (f"http://127.0.0.1:{p['pushgateway']}",
                         lambda: http_ok(f"http://127.0.0.1:{p['pushgateway']}/-/ready")),
         "prometheus": (f"http://127.0.0.1:{p['prometheus']}",
@@ -548,7 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stop":
         return cmd_stop(stack)
     if not stack.path("pids").exists():
-        rows = [{"name": n, "pid": None, "running": False, "healthy": False, "address": ""} for n in COMPONENTS]
+        rows = [
+            {"name": n, "pid": None, "running": False, "healthy": False, "address": ""}
+            for n in COMPONENTS
+        ]
     elif args.json:
         rows = component_status(stack)
     else:

@@ -198,7 +198,9 @@ class Registry:
                         for bound, count in zip(hist.buckets, hist.counts, strict=True):
                             le = (("le", _fmt(bound)),)
                             out.append(f"{name}_bucket{_labels(labels + le)} {count}")
-                        out.append(f"{name}_bucket{_labels(labels + (('le', '+Inf'),))} {hist.count}")
+                        out.append(
+                            f"{name}_bucket{_labels((*labels, ('le', '+Inf')))} {hist.count}"
+                        )
                         out.append(f"{name}_sum{_labels(labels)} {_fmt(hist.total)}")
                         out.append(f"{name}_count{_labels(labels)} {hist.count}")
                 else:
