@@ -32,6 +32,8 @@ LOG = logging.getLogger(__name__)
 STORE_MANIFEST = "store.json"
 STORE_ENV = "HELICAL_RUNNER_MODEL_STORE"
 GENE_TABLE = "gene_table.csv"
+# Ensembl id <-> symbol tables a store may carry (read by helical_runner.genes).
+GENE_TABLES = (GENE_TABLE, "hsapiens_pybiomart.csv")
 
 # Names of the demo gene universe: Ensembl-shaped ids and upper-case symbols.
 DEMO_GENES = 2000
@@ -265,7 +267,7 @@ def fetch(store_uri: str, *, files: list[str] | None = None, cache: Path | None 
     cache = cache or helical_cache_dir()
     info = read_store_info(store_uri)
     src = storage.parse(store_uri)
-    wanted = files if files is not None else sorted(info.files)
+    wanted = sorted(info.files) if files is None else [*files, *(t for t in GENE_TABLES if t in info.files)]
     for rel in wanted:
         if rel not in info.files:
             raise BadInput(f"model artifact '{rel}' is not in the store", where=store_uri)

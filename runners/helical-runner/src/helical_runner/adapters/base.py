@@ -31,6 +31,8 @@ class Adapter(abc.ABC):
         self.precision = precision
         self.overrides = dict(overrides or {})
         self.batch_latencies: list[float] = []
+        self.preprocess_s = 0.0
+        self.infer_s = 0.0
         self.model = None
 
     @abc.abstractmethod
@@ -46,8 +48,22 @@ class Adapter(abc.ABC):
         """Build the helical model (artifacts must already be in helical's cache)."""
 
     @abc.abstractmethod
+    def prepare(self, chunk):
+        """helical's process_data on an AnnData chunk whose var index holds this model's identifiers."""
+
+    @abc.abstractmethod
+    def infer(self, prepared) -> np.ndarray:
+        """helical's get_embeddings on a prepared chunk: (cells, dim) float32."""
+
     def embed(self, chunk) -> np.ndarray:
-        """Embed an AnnData chunk whose var index holds this model's identifiers."""
+        """Embed one chunk, timing preprocessing and inference separately."""
+        start = time.perf_counter()
+        prepared = self.prepare(chunk)
+        mid = time.perf_counter()
+        embeddings = np.asarray(self.infer(prepared), dtype=np.float32)
+        self.preprocess_s += mid - start
+        self.infer_s += time.perf_counter() - mid
+        return embeddings
 
     # -- shared helpers ---------------------------------------------------
 
@@ -72,9 +88,20 @@ class Adapter(abc.ABC):
             if cuda:
                 torch.cuda.synchronize()
             self.batch_latencies.append(time.perf_counter() - start)
-            return out
+            return _as_float32(out)
 
         return wrapper
+
+
+def _as_float32(out):
+    """helical turns outputs into numpy arrays, which have no bfloat16: hand back float32."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple):
+        return tuple(_as_float32(o) for o in out)
+    return out
 
 
 @contextlib.contextmanager

@@ -90,7 +90,9 @@ class GeneformerAdapter(Adapter):
         self.model = Geneformer(configurer=config)
         self.model.model = _encoder_only(self.model.model, self.timed).to(self.device).eval()
 
-    def embed(self, chunk) -> np.ndarray:
+    def prepare(self, chunk):
         chunk.var["ensembl_id"] = chunk.var_names.astype(str)
-        dataset = self.model.process_data(chunk, gene_names="ensembl_id")
-        return np.asarray(self.model.get_embeddings(dataset), dtype=np.float32)
+        return self.model.process_data(chunk, gene_names="ensembl_id")
+
+    def infer(self, prepared) -> np.ndarray:
+        return self.model.get_embeddings(prepared)

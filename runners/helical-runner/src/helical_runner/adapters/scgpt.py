@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import BadInput
 import numpy as np
 
-from ..errors import BadInput
 from .base import Adapter
 
 
@@ -50,7 +50,9 @@ class ScGPTAdapter(Adapter):
                 where=where,
             )
 
-    def embed(self, chunk) -> np.ndarray:
+    def prepare(self, chunk):
         chunk.var["gene_name"] = chunk.var_names.astype(str)
-        dataset = self.model.process_data(chunk, gene_names="gene_name")
-        return np.asarray(self.model.get_embeddings(dataset), dtype=np.float32)
+        return self.model.process_data(chunk, gene_names="gene_name")
+
+    def infer(self, prepared) -> np.ndarray:
+        return self.model.get_embeddings(prepared)

@@ -58,8 +58,12 @@ class UCEAdapter(Adapter):
             self.model = UCE(configurer=config)
         self.model.model.forward = self.timed(self.model.model.forward)
 
-    def embed(self, chunk) -> np.ndarray:
+    def prepare(self, chunk):
         chunk.var_names = chunk.var_names.astype(str).str.upper()
         with working_directory(self._scratch):
-            dataset = self.model.process_data(chunk, gene_names="index", name="chunk")
-            return np.asarray(self.model.get_embeddings(dataset), dtype=np.float32)
+            return self.model.process_data(chunk, gene_names="index", name="chunk")
+
+    def infer(self, prepared) -> np.ndarray:
+        # the prepared dataset reads ./chunk_counts.npz lazily
+        with working_directory(self._scratch):
+            return self.model.get_embeddings(prepared)

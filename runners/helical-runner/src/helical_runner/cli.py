@@ -1,0 +1,270 @@
+"""``helical-runner``: the one command every backend runs.
+
+Exit codes (docs/contracts.md): 0 success, 2 bad input or configuration
+(never retry), 75 transient failure (retry with backoff), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__, logs
+from .errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_TRANSIENT, BadInput, RunnerError, Transient
+
+LOG = logging.getLogger("helical_runner")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are bad-configuration errors with our exit code."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        print(f"helical-runner: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _run_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"run label must be KEY=VALUE, not '{text}'")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="helical-runner", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"helical-runner {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show helical's own log lines")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("embed", help="embed the cells of an .h5ad with a Helical model")
+    p.add_argument("--input", required=True, help=".h5ad path or s3:// URI")
+    p.add_argument("--model", required=True, help="geneformer, scgpt or uce")
+    p.add_argument("--output", required=True, help="output .h5ad path or s3:// URI (manifest written beside it)")
+    p.add_argument("--profile", help="resource profile name or YAML path (default: the model's)")
+    p.add_argument("--cells", help="cell range START:STOP (rows of the input), e.g. 0:50000")
+    p.add_argument("--batch-size", type=int, help="override the profile's batch size")
+    p.add_argument("--cells-per-chunk", type=int, help="override cells read/embedded/checkpointed at a time")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="override the profile's precision")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model-store", help="model store folder or s3:// prefix (env HELICAL_RUNNER_MODEL_STORE)")
+    p.add_argument("--input-sha256", help="known sha256 of the input (skips hashing it again)")
+    p.add_argument("--pushgateway", help="Prometheus Pushgateway URL (env HELICAL_RUNNER_PUSHGATEWAY)")
+    p.add_argument("--run-label", type=_run_label, action="append", default=[], metavar="KEY=VALUE",
+                   help="label for metrics and the manifest (dag_id, task_id, run_id, shard); repeatable")
+
+    p = sub.add_parser("validate", help="check that a dataset is usable before spending GPU time")
+    p.add_argument("--input", required=True)
+    p.add_argument("--model", help="also check gene identifiers against this model's vocabulary")
+    p.add_argument("--model-store", help="model store (needed for --model vocabularies)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+
+    p = sub.add_parser("merge", help="concatenate shard outputs, in order, into one output")
+    p.add_argument("--output", required=True)
+    p.add_argument("shards", nargs="+")
+
+    p = sub.add_parser("report", help="evaluate embeddings against a PCA baseline; HTML report")
+    p.add_argument("--dataset", required=True, help="the input .h5ad (for counts and labels)")
+    p.add_argument("--embeddings", required=True, nargs="+", help="embedding outputs of this dataset")
+    p.add_argument("--output", required=True, help="report folder (local path)")
+    p.add_argument("--label-key", default="cell_type")
+    p.add_argument("--max-cells", type=int, default=20000, help="evaluate on at most this many cells")
+
+    p = sub.add_parser("models", help="model store: demo-bundle, fetch, mirror, pull, list")
+    msub = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    m = msub.add_parser("demo-bundle", help="write tiny random weights in helical's layout (offline demos/tests)")
+    m.add_argument("--to", required=True, help="destination folder")
+    m = msub.add_parser("fetch", help="copy a store into helical's cache, verifying checksums")
+    m.add_argument("--from", dest="source", required=True, help="store folder or s3:// prefix")
+    m.add_argument("--model", help="only this model's artifacts")
+    m = msub.add_parser("mirror", help="copy a local store or helical cache to s3:// with a sha256 manifest")
+    m.add_argument("--from", dest="source", help="source folder (default: helical's cache)")
+    m.add_argument("--to", required=True)
+    m = msub.add_parser("pull", help="download a model's artifacts from helical's hub (needs network)")
+    m.add_argument("model")
+    m = msub.add_parser("list", help="list the artifacts each model loads and whether they are cached")
+
+    p = sub.add_parser("demo-data", help="generate a synthetic .h5ad of raw counts")
+    p.add_argument("--output", required=True)
+    p.add_argument("--cells", type=int, default=2000)
+    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--gene-ids", choices=["ensembl", "symbol", "ensembl-versioned"], default="ensembl")
+    p.add_argument("--layout", choices=["csr", "csc", "dense"], default="csr")
+    p.add_argument("--counts-in", choices=["X", "layers", "raw"], default="X")
+    p.add_argument("--label-key", default="cell_type")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("profiles", help="show resource profiles")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_embed(args) -> int:
+    from .embed import EmbedRequest, embed
+
+    manifest = embed(
+        EmbedRequest(
+            input=args.input, model=args.model, output=args.output, profile=args.profile, cells=args.cells,
+            batch_size=args.batch_size, cells_per_chunk=args.cells_per_chunk, precision=args.precision,
+            device=args.device, model_store=args.model_store, input_sha256=args.input_sha256,
+            pushgateway=args.pushgateway, run_labels=dict(args.run_label),
+        )
+    )
+    if not logs.json_mode():
+        print(f"wrote {manifest['output']} ({manifest['selection']['cells']:,} cells, "
+              f"{manifest['embedding']['key']} dim {manifest['embedding']['dim']})")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from . import store
+    from .adapters import adapter_class
+    from .dataset import H5AD
+    from .profiles import load
+    from .storage import LocalInput
+    from .validation import validate
+
+    adapter = None
+    model_store = args.model_store or os.environ.get(store.STORE_ENV)
+    if args.model:
+        cls = adapter_class(args.model)
+        adapter = cls(load(cls.name), device="cpu", precision="fp32")
+        if model_store:
+            store.fetch(model_store, files=adapter.artifact_files())
+    with H5AD(LocalInput(args.input).path(), uri=args.input) as h5:
+        report, _, _ = validate(h5, adapter=adapter, cache=store.helical_cache_dir())
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary())
+    if not report.ok:
+        raise BadInput(report.problems[0], where=args.input)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from . import storage
+    from .merge import merge_outputs
+
+    manifest = merge_outputs([storage.parse(s) for s in args.shards], storage.parse(args.output))
+    print(f"merged {len(args.shards)} shards into {args.output} ({manifest['selection']['cells']:,} cells)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(dataset=args.dataset, embeddings=args.embeddings, out_dir=Path(args.output),
+                        label_key=args.label_key, max_cells=args.max_cells)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import store
+    from .adapters import ADAPTERS, adapter_class
+    from .profiles import load
+
+    if args.models_command == "demo-bundle":
+        info = store.build_demo_bundle(Path(args.to))
+        print(f"demo model bundle at {Path(args.to).resolve()} ({len(info.files)} files; "
+              "random weights, for tests and offline demos only)")
+    elif args.models_command == "fetch":
+        files = None
+        if args.model:
+            cls = adapter_class(args.model)
+            files = cls(load(cls.name), device="cpu", precision="fp32").artifact_files()
+        info = store.fetch(args.source, files=files)
+        print(f"fetched {len(files or info.files)} files into {store.helical_cache_dir()} (kind: {info.kind})")
+    elif args.models_command == "mirror":
+        source = Path(args.source) if args.source else store.helical_cache_dir()
+        info = store.mirror(source, args.to)
+        print(f"mirrored {len(info.files)} files to {args.to} with {store.STORE_MANIFEST}")
+    elif args.models_command == "pull":
+        cls = adapter_class(args.model)
+        files = cls(load(cls.name), device="cpu", precision="fp32").artifact_files()
+        store.pull(files)
+        print(f"pulled {len(files)} files for {cls.name} into {store.helical_cache_dir()}")
+    elif args.models_command == "list":
+        cache = store.helical_cache_dir()
+        for name, cls in sorted(ADAPTERS.items()):
+            for rel in cls(load(name), device="cpu", precision="fp32").artifact_files():
+                print(f"{name:<11} {'cached ' if (cache / rel).is_file() else 'missing'} {rel}")
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    from .demo_data import write_demo_dataset
+
+    path = write_demo_dataset(
+        Path(args.output), n_cells=args.cells, n_genes=args.genes, gene_ids=args.gene_ids, layout=args.layout,
+        counts_in=args.counts_in, label_key=args.label_key, seed=args.seed,
+    )
+    print(f"wrote {path} ({args.cells:,} cells x {args.genes:,} genes, {args.layout}, counts in {args.counts_in})")
+    return 0
+
+
+def cmd_profiles(args) -> int:
+    from .profiles import available, load
+
+    names = [args.model] if args.model else available()
+    data = {n: load(n).to_json() for n in names}
+    if args.json:
+        print(json.dumps(data if not args.model else data[args.model], indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+    return 0
+
+
+COMMANDS = {
+    "embed": cmd_embed, "validate": cmd_validate, "merge": cmd_merge, "report": cmd_report,
+    "models": cmd_models, "demo-data": cmd_demo_data, "profiles": cmd_profiles,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # helical's progress bars would flood batch logs; the runner reports progress itself.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # helical always asks for CUDA autocast; on CPU torch warns once per call.
+    warnings.filterwarnings("ignore", message=".*CUDA is not available.*autocast.*")
+    logs.configure(verbose=args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except RunnerError as exc:
+        return _fail(exc)
+    except MemoryError:
+        return _fail(Transient("out of memory", reason="oom"))
+    except OSError as exc:
+        return _fail(Transient(f"I/O error: {exc.strerror or exc}", where=exc.filename, reason="io"))
+    except KeyboardInterrupt:
+        print("helical-runner: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        LOG.exception("internal error")
+        print(f"helical-runner: internal error: {type(exc).__name__}: {exc}".split("\n")[0], file=sys.stderr)
+        return EXIT_BUG
+
+
+def _fail(exc: RunnerError) -> int:
+    kind = {EXIT_BAD_INPUT: "error", EXIT_TRANSIENT: "transient error"}.get(exc.exit_code, "error")
+    print(f"helical-runner: {kind}: {exc.one_line()}", file=sys.stderr)
+    return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""The embedding run: validated dataset -> chunks -> model adapter -> parts -> output + manifest.
+
+Resumable and idempotent: a run is keyed by (input sha256, model, model
+artifact checksums, parameters). Each finished chunk is saved as a part
+under ``<output>.partial/<key>/``; a re-run skips finished parts, and a run
+whose output and manifest already exist for the same key returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from . import __version__, genes, logs, metrics, output, profiles, storage, store
+from .adapters import Adapter, adapter_class
+from .dataset import H5AD, iter_chunks
+from .errors import BadInput, RunnerError, Transient
+from .validation import validate
+
+LOG = logging.getLogger("helical_runner.embed")
+MANIFEST_SUFFIX = ".manifest.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass
+class EmbedRequest:
+    input: str
+    model: str
+    output: str
+    profile: str | None = None
+    cells: str | None = None
+    batch_size: int | None = None
+    cells_per_chunk: int | None = None
+    precision: str | None = None
+    device: str = "auto"
+    model_store: str | None = None
+    input_sha256: str | None = None
+    pushgateway: str | None = None
+    run_labels: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+
+
+def parse_cells(spec: str | None, n_cells: int) -> tuple[int, int]:
+    """'START:STOP' (either side optional, STOP clipped to the dataset) -> (start, stop)."""
+    if not spec:
+        return 0, n_cells
+    left, sep, right = spec.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        start = int(left) if left.strip() else 0
+        stop = min(int(right), n_cells) if right.strip() else n_cells
+    except ValueError:
+        raise BadInput(f"bad cell range '{spec}': use START:STOP with integers, e.g. 0:5000") from None
+    if start < 0 or start >= stop:
+        raise BadInput(f"bad cell range '{spec}': the dataset has {n_cells:,} cells (rows 0..{n_cells - 1})")
+    return start, stop
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BadInput("device 'cuda' requested but no CUDA device is visible")
+    if requested not in ("cpu", "cuda"):
+        raise BadInput(f"device must be auto, cpu or cuda, not '{requested}'")
+    return requested
+
+
+def effective_precision(precision: str, device: str) -> str:
+    if device == "cpu" and precision == "fp16":
+        LOG.warning("fp16 is not supported for CPU inference; using fp32")
+        return "fp32"
+    return precision
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "helical_runner": __version__}
+    for pkg in ("helical", "torch", "transformers", "anndata", "numpy"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            found[pkg] = "absent"
+    return found
+
+
+def prepare_model_cache(model_store: str | None, files: list[str]) -> tuple[store.StoreInfo | None, dict[str, str]]:
+    """Fetch the model's artifacts from the store into helical's cache; checksums of what will load."""
+    cache = store.helical_cache_dir()
+    info = store.fetch(model_store, files=files) if model_store else None
+    missing = [f for f in files if not (cache / f).is_file()]
+    if missing:
+        raise BadInput(
+            f"model artifacts missing from helical's cache ({missing[0]} and {len(missing) - 1} more); "
+            "set --model-store (or HELICAL_RUNNER_MODEL_STORE), or run 'helical-runner models pull'"
+        )
+    # From here on helical may only read its cache: no network, no deletions.
+    store.guard_helical_downloads(cache)
+    checksums = {f: info.files[f] for f in files} if info else {f: store.storage.sha256_file(cache / f) for f in files}
+    return info, checksums
+
+
+class Parts:
+    """Finished chunks of one run key, kept locally and (for S3 outputs) mirrored to S3."""
+
+    def __init__(self, out: storage.Location, key: str, workdir: Path):
+        self.remote = out.with_suffix(PARTIAL_SUFFIX).child(key) if out.is_s3 else None
+        self.local = (workdir / key) if out.is_s3 else Path(out.uri + PARTIAL_SUFFIX) / key
+        self.local.mkdir(parents=True, exist_ok=True)
+        self.root = out.with_suffix(PARTIAL_SUFFIX)
+
+    @staticmethod
+    def name(lo: int, hi: int) -> str:
+        return f"cells-{lo:012d}-{hi:012d}.npy"
+
+    def done(self) -> set[str]:
+        names = {p.name for p in self.local.glob("cells-*.npy")}
+        if self.remote is not None:
+            names |= {n for n in storage.list_names(self.remote) if n.endswith(".npy")}
+        return names
+
+    def save(self, lo: int, hi: int, embeddings: np.ndarray) -> None:
+        path = self.local / self.name(lo, hi)
+        with storage.atomic_local_file(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, embeddings)
+        if self.remote is not None:
+            storage.put_file(path, self.remote.child(path.name))
+
+    def load(self, lo: int, hi: int) -> np.ndarray:
+        path = self.local / self.name(lo, hi)
+        if not path.is_file() and self.remote is not None:
+            storage.get_file(self.remote.child(path.name), path)
+        return np.load(path)
+
+    def remove_other_keys(self, key: str) -> None:
+        if self.root.is_s3:
+            return
+        for other in Path(self.root.uri).glob("*"):
+            if other.is_dir() and other.name != key:
+                shutil.rmtree(other, ignore_errors=True)
+
+    def remove_all(self) -> None:
+        storage.delete_tree(self.root)
+        if self.remote is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def build_chunk(rows, obs_names: pd.Index, resolved: np.ndarray, adapter: Adapter) -> ad.AnnData:
+    """The in-memory AnnData helical sees for one chunk: raw counts, model identifiers in var."""
+    if adapter.gene_id == "ensembl":
+        # Keep every gene, as helical would see the whole dataset: per-cell totals
+        # (Geneformer's normalisation) must not depend on which genes map.
+        names = np.where(resolved != "", resolved, [f"unmapped-{i}" for i in range(len(resolved))])
+        X = rows
+    else:
+        keep = np.flatnonzero(resolved != "")
+        names = resolved[keep]
+        X = rows[:, keep]
+    var = pd.DataFrame(index=pd.Index(names.astype(str)))
+    return ad.AnnData(X=X, obs=pd.DataFrame(index=obs_names), var=var)
+
+
+def run_key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def embed(req: EmbedRequest) -> dict:
+    """Run (or resume, or skip) one embedding job; returns the manifest."""
+    started_at = datetime.now(UTC)
+    t0 = time.perf_counter()
+    out = storage.parse(req.output)
+    manifest_loc = out.with_suffix(MANIFEST_SUFFIX)
+    adapter_cls = adapter_class(req.model)
+    profile = profiles.load(req.profile or adapter_cls.name)
+    if profile.model != adapter_cls.name:
+        raise BadInput(f"profile is for model '{profile.model}', not '{adapter_cls.name}'", where=profile.source)
+    profile = profile.with_overrides(
+        batch_size=req.batch_size, cells_per_chunk=req.cells_per_chunk, precision=req.precision
+    )
+    device = resolve_device(req.device)
+    precision = effective_precision(profile.precision, device)
+
+    model_store = req.model_store or os.environ.get(store.STORE_ENV)
+    probe = adapter_cls(profile, device=device, precision=precision)
+    store_info, artifacts = prepare_model_cache(model_store, probe.artifact_files())
+    demo = bool(store_info and store_info.is_demo)
+    overrides = store_info.overrides.get(adapter_cls.name, {}) if store_info else {}
+    adapter = adapter_cls(profile, device=device, precision=precision, overrides=overrides)
+    if demo:
+        LOG.warning("DEMO WEIGHTS: tiny randomly initialised models; embeddings are not biologically meaningful")
+
+    source = storage.LocalInput(req.input)
+    t_read = time.perf_counter()
+    local_path = source.path()
+    input_sha = req.input_sha256 or storage.sha256_file(local_path)
+    hash_s = time.perf_counter() - t_read
+
+    with H5AD(local_path, uri=req.input) as h5:
+        start, stop = parse_cells(req.cells, h5.n_cells) if h5.n_cells else (0, 0)
+        report, counts, resolved = validate(h5, adapter=adapter, cache=store.helical_cache_dir(), cells=(start, stop))
+        if not report.ok:
+            raise BadInput(report.problems[0], where=req.input)
+
+        key = run_key(
+            input_sha256=input_sha,
+            model=adapter.name,
+            helical_model_name=profile.helical_model_name,
+            artifacts=artifacts,
+            overrides=overrides,
+            cells=[start, stop],
+            batch_size=profile.batch_size,
+            cells_per_chunk=profile.cells_per_chunk,
+            precision=precision,
+            device=device,
+        )
+        if storage.exists(manifest_loc) and storage.exists(out):
+            previous = storage.read_json(manifest_loc)
+            if previous.get("run_key") == key and previous.get("outcome") == "success":
+                LOG.info("output already complete for this input, model and parameters; nothing to do",
+                         extra={"output": out.uri})
+                return previous
+
+        run_labels = dict(req.run_labels)
+        labels = metrics.labels_for(adapter.name, device, precision, Path(req.input).name, run_labels)
+        run = metrics.RunMetrics(labels=labels, pushgateway=req.pushgateway)
+        run.add_time("hash_s", hash_s)
+        workdir = Path(tempfile.mkdtemp(prefix="helical-runner-"))
+        parts = Parts(out, key[:16], workdir)
+        parts.remove_other_keys(key[:16])
+        try:
+            chunks = list(iter_chunks(start, stop, profile.cells_per_chunk))
+            finished = parts.done()
+            todo = [(lo, hi) for lo, hi in chunks if Parts.name(lo, hi) not in finished]
+            resumed = len(chunks) - len(todo)
+            run.cells_done = sum(hi - lo for lo, hi in chunks) - sum(hi - lo for lo, hi in todo)
+            LOG.info(
+                "embedding",
+                extra={
+                    "input": req.input, "model": adapter.name, "cells": stop - start, "chunks": len(chunks),
+                    "resumed_chunks": resumed, "device": device, "precision": precision,
+                    "batch_size": profile.batch_size, "demo_weights": demo,
+                },
+            )
+            dim = None
+            if todo:
+                t = time.perf_counter()
+                adapter.load()
+                run.add_time("load_s", time.perf_counter() - t)
+                dim = _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, stop - start, req.progress)
+
+            obs = h5.obs().iloc[start:stop]
+            obs.index = obs.index.astype(str)
+            if dim is None:
+                dim = parts.load(*chunks[0]).shape[1]
+            manifest = {
+                "run_key": key,
+                "outcome": "success",
+                "demo_weights": demo,
+                "input": {"uri": req.input, "sha256": input_sha, "cells": h5.n_cells, "genes": h5.n_genes},
+                "selection": {"start": start, "stop": stop, "cells": stop - start},
+                "counts_location": report.counts_location,
+                "matrix_format": report.matrix_format,
+                "genes_mapped": report.genes_mapped,
+                "genes_mapped_fraction": report.genes_mapped_fraction,
+                "gene_id_source": report.gene_id_source,
+                "model": {
+                    "name": adapter.name,
+                    "helical_model_name": profile.helical_model_name,
+                    "artifacts": artifacts,
+                    "store": {"uri": model_store, "kind": store_info.kind if store_info else None},
+                    "overrides": overrides,
+                },
+                "profile": profile.to_json(),
+                "embedding": {"key": output.embedding_key(adapter.name), "dim": dim, "dtype": "float32"},
+                "output": out.uri,
+                "versions": versions(),
+                "device": device,
+                "precision": precision,
+                "batch_size": profile.batch_size,
+                "cells_per_chunk": profile.cells_per_chunk,
+                "chunks": len(chunks),
+                "resumed_chunks": resumed,
+                "run_labels": run_labels,
+                "host": socket.gethostname(),
+                "started_at": started_at.isoformat(),
+            }
+            t = time.perf_counter()
+            _write_output(out, obs, chunks, parts, dim, adapter.name, manifest, workdir)
+            run.add_time("write_s", time.perf_counter() - t)
+            run.add_time("total_s", time.perf_counter() - t0)
+            manifest.update(
+                timings={k: round(v, 4) for k, v in run.timings.items()},
+                cells_per_second=round(run.cells_per_second(), 3),
+                batches=len(adapter.batch_latencies),
+                batch_latency_p50_s=_quantile(adapter.batch_latencies, 0.5),
+                batch_latency_p95_s=_quantile(adapter.batch_latencies, 0.95),
+                peak_rss_bytes=metrics.peak_rss_bytes(),
+                peak_gpu_memory_bytes=metrics.peak_gpu_bytes(),
+                finished_at=datetime.now(UTC).isoformat(),
+            )
+            storage.write_json(manifest_loc, manifest)
+            parts.remove_all()
+            run.push(adapter.batch_latencies, final=True)
+            LOG.info("done", extra={"output": out.uri, "cells": stop - start,
+                                    "cells_per_second": manifest["cells_per_second"], "demo_weights": demo})
+            return manifest
+        except RunnerError as exc:
+            run.failures[exc.reason] = run.failures.get(exc.reason, 0) + 1
+            run.push(adapter.batch_latencies)
+            raise
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    return round(float(np.quantile(values, q)), 5) if values else None
+
+
+def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_bar) -> int:
+    bar = None
+    if show_bar and not logs.json_mode() and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=run.cells_done, unit="cells", desc=f"{adapter.name}", disable=False)
+    dim = None
+    for lo, hi in todo:
+        t = time.perf_counter()
+        rows = counts.rows(lo, hi)
+        chunk = build_chunk(rows, h5.obs_names[lo:hi], resolved, adapter)
+        run.add_time("read_s", time.perf_counter() - t)
+        try:
+            embeddings = adapter.embed(chunk)
+        except RunnerError:
+            raise
+        except MemoryError as exc:
+            raise Transient("out of memory while embedding", where=f"cells {lo}:{hi}", reason="oom") from exc
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise Transient(f"out of memory while embedding: {exc}".split("\n")[0], where=f"cells {lo}:{hi}",
+                                reason="oom") from exc
+            raise
+        if embeddings.shape[0] != hi - lo:
+            raise RunnerError(f"model returned {embeddings.shape[0]} embeddings for {hi - lo} cells",
+                              where=f"cells {lo}:{hi}")
+        parts.save(lo, hi, embeddings)
+        dim = embeddings.shape[1]
+        run.cells_done += hi - lo
+        run.cells_this_run += hi - lo
+        run.timings["preprocess_s"] = adapter.preprocess_s
+        run.timings["embed_s"] = adapter.infer_s
+        if bar is not None:
+            bar.update(hi - lo)
+        else:
+            LOG.info("chunk done", extra={"cells_done": run.cells_done, "cells_total": total,
+                                          "cells_per_second": round(run.cells_per_second(), 2)})
+        run.push(adapter.batch_latencies)
+    if bar is not None:
+        bar.close()
+    return dim
+
+
+def _write_output(out, obs, chunks, parts, dim, model, manifest, workdir) -> None:
+    """Assemble parts into the final file; it appears at ``out`` whole or not at all."""
+    blocks = (parts.load(lo, hi) for lo, hi in chunks)
+    if out.is_s3:
+        local = workdir / "output.h5ad"
+        output.write_embeddings(local, obs=obs, key=output.embedding_key(model), dim=dim, blocks=blocks,
+                                provenance=manifest)
+        storage.put_file(local, out)
+        return
+    with storage.atomic_local_file(out.path) as tmp:
+        output.write_embeddings(tmp, obs=obs, key=output.embedding_key(model), dim=dim, blocks=blocks,
+                                provenance=manifest)

@@ -1,0 +1,64 @@
+"""Logging: human text on a terminal, one JSON object per line otherwise.
+
+Batch systems (Airflow task logs, CloudWatch, Loki) get machine-readable
+lines; people at a terminal get a progress bar and short messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+FORMAT_ENV = "HELICAL_RUNNER_LOG_FORMAT"
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def json_mode() -> bool:
+    wanted = os.environ.get(FORMAT_ENV, "").lower()
+    if wanted in ("json", "text"):
+        return wanted == "json"
+    return not sys.stderr.isatty()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        payload.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        if record.exc_info and record.levelno >= logging.ERROR:
+            payload["exc"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+        tail = " ".join(f"{k}={v}" for k, v in extras.items())
+        return f"[{record.levelname.lower()}] {record.getMessage()}" + (f"  {tail}" if tail else "")
+
+
+def configure(verbose: bool = False) -> None:
+    """Route every logger (helical's included) through one stderr handler."""
+    # Importing the helical package adds its own root handler; import it first
+    # so that handler is replaced below instead of doubling every line later.
+    try:
+        import helical  # noqa: F401
+    except ImportError:
+        pass
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_mode() else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # helical and its stack log every step of every chunk; keep their warnings only.
+    for noisy in ("helical", "datasets", "transformers", "accelerate", "matplotlib", "numba", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
