@@ -118,14 +118,14 @@ resource "aws_db_instance" "this" {
   parameter_group_name   = aws_db_parameter_group.this.name
   ca_cert_identifier     = "rds-ca-rsa2048-g1"
 
-  backup_retention_period   = var.backup_retention_days
-  backup_window             = "02:00-03:00"
-  maintenance_window        = "sun:03:30-sun:04:30"
-  copy_tags_to_snapshot     = true
-  delete_automated_backups  = false
-  deletion_protection       = var.deletion_protection
-  skip_final_snapshot       = false
-  final_snapshot_identifier = "${var.name}-postgres-final"
+  backup_retention_period    = var.backup_retention_days
+  backup_window              = "02:00-03:00"
+  maintenance_window         = "sun:03:30-sun:04:30"
+  copy_tags_to_snapshot      = true
+  delete_automated_backups   = false
+  deletion_protection        = var.deletion_protection
+  skip_final_snapshot        = false
+  final_snapshot_identifier  = "${var.name}-postgres-final"
   auto_minor_version_upgrade = true
 
   performance_insights_enabled          = true

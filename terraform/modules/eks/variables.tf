@@ -102,6 +102,7 @@ variable "node_groups" {
       effect = string
     })), [])
   }))
+  nullable = false # null from a caller means "use these defaults"
   default = {
     system = {
       instance_types = ["m6i.large"]

@@ -1,0 +1,51 @@
+# dev: the same platform at the smallest sizes that still exercise every
+# control (encryption, private networking, IRSA); one NAT, single-AZ RDS and
+# Redis, small nodes, spot GPUs, deletable database.
+
+module "platform" {
+  source = "../../modules/platform"
+
+  name                            = "helical-dev"
+  bucket_prefix                   = var.bucket_prefix
+  single_nat_gateway              = true
+  eks_public_access_cidrs         = var.eks_public_access_cidrs
+  grafana_authentication_provider = var.grafana_authentication_provider
+  log_retention_days              = 14
+  logs_final_action               = "EXPIRE"
+
+  db_instance_class        = "db.t4g.medium"
+  db_multi_az              = false
+  db_backup_retention_days = 7
+  deletion_protection      = false
+  cache_node_type          = "cache.t4g.micro"
+  cache_num_nodes          = 1
+
+  node_groups = {
+    system = {
+      instance_types = ["t3.large"]
+      min_size       = 1
+      max_size       = 2
+      desired_size   = 1
+      labels         = { "helical.ai/pool" = "system" }
+    }
+    cpu = {
+      instance_types = ["m6i.xlarge", "m5.xlarge"]
+      capacity_type  = "SPOT"
+      min_size       = 0
+      max_size       = 3
+      desired_size   = 0
+      labels         = { "helical.ai/pool" = "cpu" }
+    }
+    gpu = {
+      instance_types = ["g5.xlarge", "g5.2xlarge"] # both A10G: the gpu-type label stays true
+      capacity_type  = "SPOT"
+      ami_type       = "AL2023_x86_64_NVIDIA"
+      min_size       = 0
+      max_size       = 1
+      desired_size   = 0
+      disk_size_gib  = 150
+      labels         = { "helical.ai/pool" = "gpu", "helical.ai/gpu-type" = "nvidia-a10g" }
+      taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+    }
+  }
+}

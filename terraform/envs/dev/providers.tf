@@ -1,0 +1,11 @@
+provider "aws" {
+  region = var.region
+
+  default_tags {
+    tags = {
+      Project     = "helical-workflow"
+      Environment = "dev"
+      ManagedBy   = "terraform"
+    }
+  }
+}
