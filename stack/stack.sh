@@ -4,6 +4,7 @@
 #   stack/stack.sh start          # idempotent; prints where each service listens
 #   stack/stack.sh status [--json]
 #   stack/stack.sh stop           # idempotent; stops every recorded PID
+#   stack/stack.sh restart postgres   # stop one component by PID, start what is missing
 #
 # Needs `scripts/bootstrap.sh system airflow` (Debian servers + .venvs/airflow);
 # `start` runs the system part itself when a server is missing.

@@ -1,6 +1,6 @@
 """Start, stop and inspect the native local stack (no Docker needed).
 
-    stack/stack.sh start | stop | status [--json]
+    stack/stack.sh start | stop | status [--json] | restart COMPONENT
 
 Postgres, Redis, Prometheus, Pushgateway (Debian packages), the StatsD receiver,
 a process exporter (CPU/memory per component, in place of cAdvisor) and Airflow 3 with CeleryExecutor (api-server, scheduler, dag-processor,
@@ -570,7 +570,8 @@ def print_status(stack: Stack) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="native local stack: start | stop | status")
-    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("command", choices=["start", "stop", "status", "restart"])
+    parser.add_argument("component", nargs="?", choices=COMPONENTS, help="restart: which one")
     parser.add_argument("--json", action="store_true", help="status as JSON (for scripts)")
     args = parser.parse_args(argv)
     stack = Stack.from_env()
@@ -578,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_start(stack)
     if args.command == "stop":
         return cmd_stop(stack)
+    if args.command == "restart":
+        if not args.component:
+            parser.error("restart needs a component")
+        stop_component(stack, args.component)
+        return cmd_start(stack)
     if not stack.path("pids").exists():
         rows = [
             {"name": n, "pid": None, "running": False, "healthy": False, "address": ""}

@@ -1,0 +1,163 @@
+"""Shared helpers for the local stack tests (run with .venvs/airflow/bin/python -m pytest tests/stack).
+
+Servers are real: the Debian Postgres/Redis/Prometheus/Pushgateway, the StatsD
+receiver, Airflow 3 with CeleryExecutor. Each stack a test starts gets its own
+state dir and a free block of loopback ports, so a user's running stack is never
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STACK_SH = REPO / "stack" / "stack.sh"
+sys.path.insert(0, str(REPO / "stack"))
+
+import stackctl  # noqa: E402
+
+
+def airflow_venv() -> Path:
+    """The Airflow env the tests run in (the stack uses the same one)."""
+    return Path(os.environ.get("HELICAL_STACK_AIRFLOW_VENV", Path(sys.executable).parent.parent))
+
+
+def free_port_block() -> int:
+    """A port base whose whole block (stackctl.PORTS offsets) is free on loopback."""
+    for base in range(28700, 40000, 100):
+        ok = True
+        for offset in stackctl.PORTS.values():
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    try:
+                        sock.bind(("127.0.0.1", base + offset))
+                    except OSError:
+                        ok = False
+        if ok:
+            return base
+    raise RuntimeError("no free port block between 28700 and 40000")
+
+
+def poll(check: Callable[[], object], timeout: float, what: str, interval: float = 0.5):
+    """Return check()'s first truthy value, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def live(pid: int) -> bool:
+    """True when the PID is a live (non-zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class NativeStack:
+    """One native stack instance driven through stack/stack.sh."""
+
+    def __init__(self, state: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.state = state
+        self.port_base = free_port_block()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "HELICAL_"))},
+            "HELICAL_STACK_STATE": str(state),
+            "HELICAL_STACK_PORT_BASE": str(self.port_base),
+            "HELICAL_STACK_AIRFLOW_VENV": str(airflow_venv()),
+            **(extra_env or {}),
+        }
+        self.ports = {k: self.port_base + v for k, v in stackctl.PORTS.items()}
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(STACK_SH), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text()[-3000:]}"
+                for p in sorted((self.state / "logs").glob("*.log"))
+            )
+            raise AssertionError(
+                f"stack.sh {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}\n{logs}"
+            )
+        return proc
+
+    def status(self) -> dict:
+        return json.loads(self.run("status", "--json", check=False).stdout)
+
+    def pids(self) -> dict[str, int]:
+        return {c["name"]: c["pid"] for c in self.status()["components"] if c["pid"]}
+
+    # --- HTTP APIs ----------------------------------------------------------
+    def prom_query(
+        self, expr: str, *, start: float | None = None, end: float | None = None, step: str = "5s"
+    ) -> list:
+        base = f"http://127.0.0.1:{self.ports['prometheus']}/api/v1/"
+        if start is None:
+            url = base + "query?" + urllib.parse.urlencode({"query": expr})
+        else:
+            params = {
+                "query": expr,
+                "start": f"{start:.3f}",
+                "end": f"{end or time.time():.3f}",
+                "step": step,
+            }
+            url = base + "query_range?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            body = json.load(resp)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def airflow_token(self) -> str:
+        secrets = json.loads((self.state / "secrets.json").read_text())
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.ports['api']}/auth/token",
+            data=json.dumps({"username": "admin", "password": secrets["admin_password"]}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)["access_token"]
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.ports['api']}/api/v2{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self.airflow_token()}",
+            },
+            method=method,
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
+
+
+@pytest.fixture(scope="session")
+def require_servers() -> None:
+    missing = [
+        b
+        for b in ("prometheus", "promtool", "prometheus-pushgateway", "redis-server")
+        if not shutil.which(b)
+    ]
+    if missing or not stackctl.PG_BIN.exists():
+        pytest.fail(f"missing {missing or 'postgresql'}: run scripts/bootstrap.sh system")
