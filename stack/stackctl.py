@@ -504,6 +504,12 @@ def cmd_start(stack: Stack) -> int:
         return 2
     for sub in ("", "pids", "logs"):
         stack.path(sub).mkdir(mode=0o711, parents=True, exist_ok=True)
+    # Postgres, Redis and Prometheus run as their own users: they must reach their dirs.
+    closed = [p for p in (stack.state, *stack.state.parents) if not p.stat().st_mode & 0o001]
+    if closed:
+        print(f"[stack] service users cannot enter {closed[0]} (no o+x): "
+              "pick another HELICAL_STACK_STATE or chmod o+x it", file=sys.stderr)  # fmt: skip
+        return 2
     sec = load_secrets(stack)
     try:
         for name, starter in STARTERS.items():

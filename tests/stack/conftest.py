@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -150,6 +151,18 @@ class NativeStack:
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.load(resp)
+
+
+@pytest.fixture(scope="session")
+def state_root():
+    """A state root the service users (postgres, redis, prometheus) can traverse.
+
+    pytest's own tmp dirs are 0700 to root, which those users cannot enter.
+    """
+    root = Path(tempfile.mkdtemp(prefix="helical-stack-test-", dir="/tmp"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

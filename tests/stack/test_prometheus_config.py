@@ -6,8 +6,9 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO
 from stackctl import Stack, render_prometheus_config
+
+from conftest import REPO
 
 PROM = REPO / "observability" / "prometheus"
 

@@ -9,8 +9,9 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import REPO, free_port_block, poll
 from statsd_receiver import Mapper, Registry, escape_name
+
+from conftest import REPO, free_port_block, poll
 
 MAPPING = REPO / "observability" / "statsd" / "mapping.yml"
 
