@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def group_members(pgid: int) -> list[int]:
     for proc in os.listdir("/proc"):
         if proc.isdigit():
             try:
-                fields = open(f"/proc/{proc}/stat").read().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if int(fields[2]) == pgid and fields[0] != "Z":
@@ -42,7 +43,7 @@ def group_members(pgid: int) -> list[int]:
 def listening_addresses(port: int) -> set[str]:
     """Local addresses with a TCP socket listening on `port` (from /proc/net/tcp)."""
     found = set()
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         local, state = line.split()[1], line.split()[3]
         address, hex_port = local.split(":")
         if state == "0A" and int(hex_port, 16) == port:
