@@ -12,7 +12,7 @@ cd "$ROOT"
 export PYTHONDONTWRITEBYTECODE=1
 
 declare -A ENVS=(
-  [runner]="runner"
+  [runner]="runner system"
   [workflow]="runner airflow"
   [stack]="runner airflow tools system"
   [infra]="tools checkov"

@@ -45,18 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="embed the cells of an .h5ad with a Helical model")
     p.add_argument("--input", required=True, help=".h5ad path or s3:// URI")
     p.add_argument("--model", required=True, help="geneformer, scgpt or uce")
-    p.add_argument("--output", required=True, help="output .h5ad path or s3:// URI (manifest written beside it)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output .h5ad path or s3:// URI (manifest written beside it)",
+    )
     p.add_argument("--profile", help="resource profile name or YAML path (default: the model's)")
     p.add_argument("--cells", help="cell range START:STOP (rows of the input), e.g. 0:50000")
     p.add_argument("--batch-size", type=int, help="override the profile's batch size")
-    p.add_argument("--cells-per-chunk", type=int, help="override cells read/embedded/checkpointed at a time")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="override the profile's precision")
+    p.add_argument(
+        "--cells-per-chunk", type=int, help="override cells read/embedded/checkpointed at a time"
+    )
+    p.add_argument(
+        "--precision", choices=["fp32", "fp16", "bf16"], help="override the profile's precision"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--model-store", help="model store folder or s3:// prefix (env HELICAL_RUNNER_MODEL_STORE)")
+    p.add_argument(
+        "--model-store", help="model store folder or s3:// prefix (env HELICAL_RUNNER_MODEL_STORE)"
+    )
     p.add_argument("--input-sha256", help="known sha256 of the input (skips hashing it again)")
-    p.add_argument("--pushgateway", help="Prometheus Pushgateway URL (env HELICAL_RUNNER_PUSHGATEWAY)")
-    p.add_argument("--run-label", type=_run_label, action="append", default=[], metavar="KEY=VALUE",
-                   help="label for metrics and the manifest (dag_id, task_id, run_id, shard); repeatable")
+    p.add_argument(
+        "--pushgateway", help="Prometheus Pushgateway URL (env HELICAL_RUNNER_PUSHGATEWAY)"
+    )
+    p.add_argument(
+        "--run-label",
+        type=_run_label,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label for metrics and the manifest (dag_id, task_id, run_id, shard); repeatable",
+    )
 
     p = sub.add_parser("validate", help="check that a dataset is usable before spending GPU time")
     p.add_argument("--input", required=True)
@@ -70,30 +88,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="evaluate embeddings against a PCA baseline; HTML report")
     p.add_argument("--dataset", required=True, help="the input .h5ad (for counts and labels)")
-    p.add_argument("--embeddings", required=True, nargs="+", help="embedding outputs of this dataset")
+    p.add_argument(
+        "--embeddings", required=True, nargs="+", help="embedding outputs of this dataset"
+    )
     p.add_argument("--output", required=True, help="report folder (local path)")
     p.add_argument("--label-key", default="cell_type")
-    p.add_argument("--max-cells", type=int, default=20000, help="evaluate on at most this many cells")
+    p.add_argument(
+        "--max-cells", type=int, default=20000, help="evaluate on at most this many cells"
+    )
 
     p = sub.add_parser("models", help="model store: demo-bundle, fetch, mirror, pull, list")
     msub = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
-    m = msub.add_parser("demo-bundle", help="write tiny random weights in helical's layout (offline demos/tests)")
+    m = msub.add_parser(
+        "demo-bundle", help="write tiny random weights in helical's layout (offline demos/tests)"
+    )
     m.add_argument("--to", required=True, help="destination folder")
     m = msub.add_parser("fetch", help="copy a store into helical's cache, verifying checksums")
     m.add_argument("--from", dest="source", required=True, help="store folder or s3:// prefix")
     m.add_argument("--model", help="only this model's artifacts")
-    m = msub.add_parser("mirror", help="copy a local store or helical cache to s3:// with a sha256 manifest")
+    m = msub.add_parser(
+        "mirror", help="copy a local store or helical cache to s3:// with a sha256 manifest"
+    )
     m.add_argument("--from", dest="source", help="source folder (default: helical's cache)")
     m.add_argument("--to", required=True)
-    m = msub.add_parser("pull", help="download a model's artifacts from helical's hub (needs network)")
+    m = msub.add_parser(
+        "pull", help="download a model's artifacts from helical's hub (needs network)"
+    )
     m.add_argument("model")
-    m = msub.add_parser("list", help="list the artifacts each model loads and whether they are cached")
+    m = msub.add_parser(
+        "list", help="list the artifacts each model loads and whether they are cached"
+    )
 
     p = sub.add_parser("demo-data", help="generate a synthetic .h5ad of raw counts")
     p.add_argument("--output", required=True)
     p.add_argument("--cells", type=int, default=2000)
     p.add_argument("--genes", type=int, default=2000)
-    p.add_argument("--gene-ids", choices=["ensembl", "symbol", "ensembl-versioned"], default="ensembl")
+    p.add_argument(
+        "--gene-ids", choices=["ensembl", "symbol", "ensembl-versioned"], default="ensembl"
+    )
     p.add_argument("--layout", choices=["csr", "csc", "dense"], default="csr")
     p.add_argument("--counts-in", choices=["X", "layers", "raw"], default="X")
     p.add_argument("--label-key", default="cell_type")
@@ -109,19 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_embed(args) -> int:
+    from . import metrics
     from .embed import EmbedRequest, embed
 
-    manifest = embed(
-        EmbedRequest(
-            input=args.input, model=args.model, output=args.output, profile=args.profile, cells=args.cells,
-            batch_size=args.batch_size, cells_per_chunk=args.cells_per_chunk, precision=args.precision,
-            device=args.device, model_store=args.model_store, input_sha256=args.input_sha256,
-            pushgateway=args.pushgateway, run_labels=dict(args.run_label),
+    try:
+        manifest = embed(
+            EmbedRequest(
+                input=args.input,
+                model=args.model,
+                output=args.output,
+                profile=args.profile,
+                cells=args.cells,
+                batch_size=args.batch_size,
+                cells_per_chunk=args.cells_per_chunk,
+                precision=args.precision,
+                device=args.device,
+                model_store=args.model_store,
+                input_sha256=args.input_sha256,
+                pushgateway=args.pushgateway,
+                run_labels=dict(args.run_label),
+            )
         )
-    )
+    except Exception as exc:
+        reason = exc.reason if isinstance(exc, RunnerError) else "internal"
+        labels = metrics.labels_for(
+            args.model,
+            args.device,
+            args.precision or "",
+            Path(args.input).name,
+            dict(args.run_label),
+        )
+        metrics.push_failure(args.pushgateway, labels, reason)
+        raise
     if not logs.json_mode():
-        print(f"wrote {manifest['output']} ({manifest['selection']['cells']:,} cells, "
-              f"{manifest['embedding']['key']} dim {manifest['embedding']['dim']})")
+        print(
+            f"wrote {manifest['output']} ({manifest['selection']['cells']:,} cells, "
+            f"{manifest['embedding']['key']} dim {manifest['embedding']['dim']})"
+        )
     return 0
 
 
@@ -156,15 +212,22 @@ def cmd_merge(args) -> int:
     from .merge import merge_outputs
 
     manifest = merge_outputs([storage.parse(s) for s in args.shards], storage.parse(args.output))
-    print(f"merged {len(args.shards)} shards into {args.output} ({manifest['selection']['cells']:,} cells)")
+    print(
+        f"merged {len(args.shards)} shards into {args.output} ({manifest['selection']['cells']:,} cells)"
+    )
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import build_report
 
-    path = build_report(dataset=args.dataset, embeddings=args.embeddings, out_dir=Path(args.output),
-                        label_key=args.label_key, max_cells=args.max_cells)
+    path = build_report(
+        dataset=args.dataset,
+        embeddings=args.embeddings,
+        out_dir=Path(args.output),
+        label_key=args.label_key,
+        max_cells=args.max_cells,
+    )
     print(f"report written to {path}")
     return 0
 
@@ -176,15 +239,19 @@ def cmd_models(args) -> int:
 
     if args.models_command == "demo-bundle":
         info = store.build_demo_bundle(Path(args.to))
-        print(f"demo model bundle at {Path(args.to).resolve()} ({len(info.files)} files; "
-              "random weights, for tests and offline demos only)")
+        print(
+            f"demo model bundle at {Path(args.to).resolve()} ({len(info.files)} files; "
+            "random weights, for tests and offline demos only)"
+        )
     elif args.models_command == "fetch":
         files = None
         if args.model:
             cls = adapter_class(args.model)
             files = cls(load(cls.name), device="cpu", precision="fp32").artifact_files()
         info = store.fetch(args.source, files=files)
-        print(f"fetched {len(files or info.files)} files into {store.helical_cache_dir()} (kind: {info.kind})")
+        print(
+            f"fetched {len(files or info.files)} files into {store.helical_cache_dir()} (kind: {info.kind})"
+        )
     elif args.models_command == "mirror":
         source = Path(args.source) if args.source else store.helical_cache_dir()
         info = store.mirror(source, args.to)
@@ -206,10 +273,18 @@ def cmd_demo_data(args) -> int:
     from .demo_data import write_demo_dataset
 
     path = write_demo_dataset(
-        Path(args.output), n_cells=args.cells, n_genes=args.genes, gene_ids=args.gene_ids, layout=args.layout,
-        counts_in=args.counts_in, label_key=args.label_key, seed=args.seed,
+        Path(args.output),
+        n_cells=args.cells,
+        n_genes=args.genes,
+        gene_ids=args.gene_ids,
+        layout=args.layout,
+        counts_in=args.counts_in,
+        label_key=args.label_key,
+        seed=args.seed,
     )
-    print(f"wrote {path} ({args.cells:,} cells x {args.genes:,} genes, {args.layout}, counts in {args.counts_in})")
+    print(
+        f"wrote {path} ({args.cells:,} cells x {args.genes:,} genes, {args.layout}, counts in {args.counts_in})"
+    )
     return 0
 
 
@@ -228,8 +303,13 @@ def cmd_profiles(args) -> int:
 
 
 COMMANDS = {
-    "embed": cmd_embed, "validate": cmd_validate, "merge": cmd_merge, "report": cmd_report,
-    "models": cmd_models, "demo-data": cmd_demo_data, "profiles": cmd_profiles,
+    "embed": cmd_embed,
+    "validate": cmd_validate,
+    "merge": cmd_merge,
+    "report": cmd_report,
+    "models": cmd_models,
+    "demo-data": cmd_demo_data,
+    "profiles": cmd_profiles,
 }
 
 
@@ -250,13 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         return _fail(Transient("out of memory", reason="oom"))
     except OSError as exc:
-        return _fail(Transient(f"I/O error: {exc.strerror or exc}", where=exc.filename, reason="io"))
+        return _fail(
+            Transient(f"I/O error: {exc.strerror or exc}", where=exc.filename, reason="io")
+        )
     except KeyboardInterrupt:
         print("helical-runner: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         LOG.exception("internal error")
-        print(f"helical-runner: internal error: {type(exc).__name__}: {exc}".split("\n")[0], file=sys.stderr)
+        print(
+            f"helical-runner: internal error: {type(exc).__name__}: {exc}".split("\n")[0],
+            file=sys.stderr,
+        )
         return EXIT_BUG
 
 

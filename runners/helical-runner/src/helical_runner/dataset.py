@@ -96,8 +96,12 @@ def _matrix(node, where: str) -> Matrix:
             raise BadInput(f"{where} is not a 2-D matrix (shape {node.shape})")
         return Matrix(where, "dense", tuple(int(x) for x in node.shape), node)
     enc = _encoding(node)
-    if enc not in ("csr_matrix", "csc_matrix") or not {"data", "indices", "indptr"} <= set(node.keys()):
-        raise BadInput(f"{where} is neither a dense array nor a CSR/CSC sparse matrix (encoding '{enc}')")
+    if enc not in ("csr_matrix", "csc_matrix") or not {"data", "indices", "indptr"} <= set(
+        node.keys()
+    ):
+        raise BadInput(
+            f"{where} is neither a dense array nor a CSR/CSC sparse matrix (encoding '{enc}')"
+        )
     shape = tuple(int(x) for x in node.attrs["shape"])
     return Matrix(where, enc[:3], shape, node)
 
@@ -212,7 +216,9 @@ class H5AD:
             if problem is None:
                 return m
             rejected.append(f"{m.where}: {problem}")
-        raise BadInput("no raw non-negative integer counts found (" + "; ".join(rejected) + ")", where=self.uri)
+        raise BadInput(
+            "no raw non-negative integer counts found (" + "; ".join(rejected) + ")", where=self.uri
+        )
 
 
 def sample_problem(m: Matrix, n_rows: int = 256) -> str | None:

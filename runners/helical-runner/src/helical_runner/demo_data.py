@@ -46,7 +46,9 @@ class _Generator:
         self.dispersion = 2.0
 
     def block(self, labels: np.ndarray) -> sp.csr_matrix:
-        mu = self.means[labels] * self.rng.lognormal(0.0, 0.3, size=(len(labels), 1))  # library size
+        mu = self.means[labels] * self.rng.lognormal(
+            0.0, 0.3, size=(len(labels), 1)
+        )  # library size
         p = self.dispersion / (self.dispersion + mu)
         counts = self.rng.negative_binomial(self.dispersion, p).astype(np.float32)
         return sp.csr_matrix(counts)
@@ -79,7 +81,9 @@ def write_demo_dataset(
             _write_streaming(tmp, obs, var, labels, gen)
         else:
             if n_cells > IN_MEMORY_LIMIT:
-                raise BadInput(f"{layout}/{counts_in} demo data is built in memory: at most {IN_MEMORY_LIMIT:,} cells")
+                raise BadInput(
+                    f"{layout}/{counts_in} demo data is built in memory: at most {IN_MEMORY_LIMIT:,} cells"
+                )
             _write_in_memory(tmp, obs, var, labels, gen, layout, counts_in)
     return path
 
@@ -87,7 +91,9 @@ def write_demo_dataset(
 def _blocks(labels: np.ndarray, gen: _Generator, n_genes: int):
     for lo in range(0, len(labels), ROWS_PER_BLOCK):
         block = gen.block(labels[lo : lo + ROWS_PER_BLOCK])
-        yield block[:, :n_genes] if n_genes else sp.csr_matrix((block.shape[0], 0), dtype=np.float32)
+        yield (
+            block[:, :n_genes] if n_genes else sp.csr_matrix((block.shape[0], 0), dtype=np.float32)
+        )
 
 
 def _write_streaming(path: Path, obs: pd.DataFrame, var: pd.DataFrame, labels, gen) -> None:
@@ -100,8 +106,12 @@ def _write_streaming(path: Path, obs: pd.DataFrame, var: pd.DataFrame, labels, g
         group.attrs["encoding-type"] = "csr_matrix"
         group.attrs["encoding-version"] = "0.1.0"
         group.attrs["shape"] = (n_cells, n_genes)
-        data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype="float32", chunks=(1 << 18,))
-        indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="int32", chunks=(1 << 18,))
+        data = group.create_dataset(
+            "data", shape=(0,), maxshape=(None,), dtype="float32", chunks=(1 << 18,)
+        )
+        indices = group.create_dataset(
+            "indices", shape=(0,), maxshape=(None,), dtype="int32", chunks=(1 << 18,)
+        )
         indptr = group.create_dataset("indptr", shape=(n_cells + 1,), dtype="int64")
         indptr[0] = 0
         row, nnz = 0, 0
@@ -118,7 +128,11 @@ def _write_streaming(path: Path, obs: pd.DataFrame, var: pd.DataFrame, labels, g
 
 def _write_in_memory(path, obs, var, labels, gen, layout, counts_in) -> None:
     blocks = list(_blocks(labels, gen, len(var)))
-    counts = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(var)), dtype=np.float32)
+    counts = (
+        sp.vstack(blocks, format="csr")
+        if blocks
+        else sp.csr_matrix((0, len(var)), dtype=np.float32)
+    )
     stored = {"csr": counts, "csc": counts.tocsc(), "dense": counts.toarray()}[layout]
     if counts_in == "X":
         adata = ad.AnnData(X=stored, obs=obs, var=var)
@@ -127,7 +141,9 @@ def _write_in_memory(path, obs, var, labels, gen, layout, counts_in) -> None:
         totals[totals == 0] = 1.0
         normalised = sp.csr_matrix(counts.multiply(1e4 / totals[:, None]))
         normalised.data = np.log1p(normalised.data)
-        normalised = {"csr": normalised, "csc": normalised.tocsc(), "dense": normalised.toarray()}[layout]
+        normalised = {"csr": normalised, "csc": normalised.tocsc(), "dense": normalised.toarray()}[
+            layout
+        ]
         adata = ad.AnnData(X=normalised.astype(np.float32), obs=obs, var=var)
         if counts_in == "layers":
             adata.layers["counts"] = stored

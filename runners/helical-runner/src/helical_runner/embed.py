@@ -26,7 +26,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from . import __version__, genes, logs, metrics, output, profiles, storage, store
+from . import __version__, logs, metrics, output, profiles, storage, store
 from .adapters import Adapter, adapter_class
 from .dataset import H5AD, iter_chunks
 from .errors import BadInput, RunnerError, Transient
@@ -66,9 +66,13 @@ def parse_cells(spec: str | None, n_cells: int) -> tuple[int, int]:
         start = int(left) if left.strip() else 0
         stop = min(int(right), n_cells) if right.strip() else n_cells
     except ValueError:
-        raise BadInput(f"bad cell range '{spec}': use START:STOP with integers, e.g. 0:5000") from None
+        raise BadInput(
+            f"bad cell range '{spec}': use START:STOP with integers, e.g. 0:5000"
+        ) from None
     if start < 0 or start >= stop:
-        raise BadInput(f"bad cell range '{spec}': the dataset has {n_cells:,} cells (rows 0..{n_cells - 1})")
+        raise BadInput(
+            f"bad cell range '{spec}': the dataset has {n_cells:,} cells (rows 0..{n_cells - 1})"
+        )
     return start, stop
 
 
@@ -103,7 +107,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def prepare_model_cache(model_store: str | None, files: list[str]) -> tuple[store.StoreInfo | None, dict[str, str]]:
+def prepare_model_cache(
+    model_store: str | None, files: list[str]
+) -> tuple[store.StoreInfo | None, dict[str, str]]:
     """Fetch the model's artifacts from the store into helical's cache; checksums of what will load."""
     cache = store.helical_cache_dir()
     info = store.fetch(model_store, files=files) if model_store else None
@@ -115,7 +121,11 @@ def prepare_model_cache(model_store: str | None, files: list[str]) -> tuple[stor
         )
     # From here on helical may only read its cache: no network, no deletions.
     store.guard_helical_downloads(cache)
-    checksums = {f: info.files[f] for f in files} if info else {f: store.storage.sha256_file(cache / f) for f in files}
+    checksums = (
+        {f: info.files[f] for f in files}
+        if info
+        else {f: store.storage.sha256_file(cache / f) for f in files}
+    )
     return info, checksums
 
 
@@ -123,9 +133,9 @@ class Parts:
     """Finished chunks of one run key, kept locally and (for S3 outputs) mirrored to S3."""
 
     def __init__(self, out: storage.Location, key: str, workdir: Path):
+        self.key = key
         self.remote = out.with_suffix(PARTIAL_SUFFIX).child(key) if out.is_s3 else None
         self.local = (workdir / key) if out.is_s3 else Path(out.uri + PARTIAL_SUFFIX) / key
-        self.local.mkdir(parents=True, exist_ok=True)
         self.root = out.with_suffix(PARTIAL_SUFFIX)
 
     @staticmethod
@@ -139,10 +149,13 @@ class Parts:
         return names
 
     def save(self, lo: int, hi: int, embeddings: np.ndarray) -> None:
+        if not self.local.exists():
+            # first part of this key: parts of runs with other parameters are useless now
+            self.remove_other_keys()
+            self.local.mkdir(parents=True, exist_ok=True)
         path = self.local / self.name(lo, hi)
-        with storage.atomic_local_file(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, embeddings)
+        with storage.atomic_local_file(path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, embeddings)
         if self.remote is not None:
             storage.put_file(path, self.remote.child(path.name))
 
@@ -152,11 +165,11 @@ class Parts:
             storage.get_file(self.remote.child(path.name), path)
         return np.load(path)
 
-    def remove_other_keys(self, key: str) -> None:
+    def remove_other_keys(self) -> None:
         if self.root.is_s3:
             return
         for other in Path(self.root.uri).glob("*"):
-            if other.is_dir() and other.name != key:
+            if other.is_dir() and other.name != self.key:
                 shutil.rmtree(other, ignore_errors=True)
 
     def remove_all(self) -> None:
@@ -193,7 +206,10 @@ def embed(req: EmbedRequest) -> dict:
     adapter_cls = adapter_class(req.model)
     profile = profiles.load(req.profile or adapter_cls.name)
     if profile.model != adapter_cls.name:
-        raise BadInput(f"profile is for model '{profile.model}', not '{adapter_cls.name}'", where=profile.source)
+        raise BadInput(
+            f"profile is for model '{profile.model}', not '{adapter_cls.name}'",
+            where=profile.source,
+        )
     profile = profile.with_overrides(
         batch_size=req.batch_size, cells_per_chunk=req.cells_per_chunk, precision=req.precision
     )
@@ -207,7 +223,9 @@ def embed(req: EmbedRequest) -> dict:
     overrides = store_info.overrides.get(adapter_cls.name, {}) if store_info else {}
     adapter = adapter_cls(profile, device=device, precision=precision, overrides=overrides)
     if demo:
-        LOG.warning("DEMO WEIGHTS: tiny randomly initialised models; embeddings are not biologically meaningful")
+        LOG.warning(
+            "DEMO WEIGHTS: tiny randomly initialised models; embeddings are not biologically meaningful"
+        )
 
     source = storage.LocalInput(req.input)
     t_read = time.perf_counter()
@@ -217,7 +235,9 @@ def embed(req: EmbedRequest) -> dict:
 
     with H5AD(local_path, uri=req.input) as h5:
         start, stop = parse_cells(req.cells, h5.n_cells) if h5.n_cells else (0, 0)
-        report, counts, resolved = validate(h5, adapter=adapter, cache=store.helical_cache_dir(), cells=(start, stop))
+        report, counts, resolved = validate(
+            h5, adapter=adapter, cache=store.helical_cache_dir(), cells=(start, stop)
+        )
         if not report.ok:
             raise BadInput(report.problems[0], where=req.input)
 
@@ -236,17 +256,20 @@ def embed(req: EmbedRequest) -> dict:
         if storage.exists(manifest_loc) and storage.exists(out):
             previous = storage.read_json(manifest_loc)
             if previous.get("run_key") == key and previous.get("outcome") == "success":
-                LOG.info("output already complete for this input, model and parameters; nothing to do",
-                         extra={"output": out.uri})
+                LOG.info(
+                    "output already complete for this input, model and parameters; nothing to do",
+                    extra={"output": out.uri},
+                )
                 return previous
 
         run_labels = dict(req.run_labels)
-        labels = metrics.labels_for(adapter.name, device, precision, Path(req.input).name, run_labels)
+        labels = metrics.labels_for(
+            adapter.name, device, precision, Path(req.input).name, run_labels
+        )
         run = metrics.RunMetrics(labels=labels, pushgateway=req.pushgateway)
         run.add_time("hash_s", hash_s)
         workdir = Path(tempfile.mkdtemp(prefix="helical-runner-"))
         parts = Parts(out, key[:16], workdir)
-        parts.remove_other_keys(key[:16])
         try:
             chunks = list(iter_chunks(start, stop, profile.cells_per_chunk))
             finished = parts.done()
@@ -256,9 +279,15 @@ def embed(req: EmbedRequest) -> dict:
             LOG.info(
                 "embedding",
                 extra={
-                    "input": req.input, "model": adapter.name, "cells": stop - start, "chunks": len(chunks),
-                    "resumed_chunks": resumed, "device": device, "precision": precision,
-                    "batch_size": profile.batch_size, "demo_weights": demo,
+                    "input": req.input,
+                    "model": adapter.name,
+                    "cells": stop - start,
+                    "chunks": len(chunks),
+                    "resumed_chunks": resumed,
+                    "device": device,
+                    "precision": precision,
+                    "batch_size": profile.batch_size,
+                    "demo_weights": demo,
                 },
             )
             dim = None
@@ -266,7 +295,9 @@ def embed(req: EmbedRequest) -> dict:
                 t = time.perf_counter()
                 adapter.load()
                 run.add_time("load_s", time.perf_counter() - t)
-                dim = _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, stop - start, req.progress)
+                dim = _embed_chunks(
+                    h5, counts, resolved, adapter, todo, parts, run, stop - start, req.progress
+                )
 
             obs = h5.obs().iloc[start:stop]
             obs.index = obs.index.astype(str)
@@ -276,7 +307,12 @@ def embed(req: EmbedRequest) -> dict:
                 "run_key": key,
                 "outcome": "success",
                 "demo_weights": demo,
-                "input": {"uri": req.input, "sha256": input_sha, "cells": h5.n_cells, "genes": h5.n_genes},
+                "input": {
+                    "uri": req.input,
+                    "sha256": input_sha,
+                    "cells": h5.n_cells,
+                    "genes": h5.n_genes,
+                },
                 "selection": {"start": start, "stop": stop, "cells": stop - start},
                 "counts_location": report.counts_location,
                 "matrix_format": report.matrix_format,
@@ -291,7 +327,11 @@ def embed(req: EmbedRequest) -> dict:
                     "overrides": overrides,
                 },
                 "profile": profile.to_json(),
-                "embedding": {"key": output.embedding_key(adapter.name), "dim": dim, "dtype": "float32"},
+                "embedding": {
+                    "key": output.embedding_key(adapter.name),
+                    "dim": dim,
+                    "dtype": "float32",
+                },
                 "output": out.uri,
                 "versions": versions(),
                 "device": device,
@@ -321,13 +361,16 @@ def embed(req: EmbedRequest) -> dict:
             storage.write_json(manifest_loc, manifest)
             parts.remove_all()
             run.push(adapter.batch_latencies, final=True)
-            LOG.info("done", extra={"output": out.uri, "cells": stop - start,
-                                    "cells_per_second": manifest["cells_per_second"], "demo_weights": demo})
+            LOG.info(
+                "done",
+                extra={
+                    "output": out.uri,
+                    "cells": stop - start,
+                    "cells_per_second": manifest["cells_per_second"],
+                    "demo_weights": demo,
+                },
+            )
             return manifest
-        except RunnerError as exc:
-            run.failures[exc.reason] = run.failures.get(exc.reason, 0) + 1
-            run.push(adapter.batch_latencies)
-            raise
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -341,7 +384,9 @@ def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_b
     if show_bar and not logs.json_mode() and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=run.cells_done, unit="cells", desc=f"{adapter.name}", disable=False)
+        bar = tqdm(
+            total=total, initial=run.cells_done, unit="cells", desc=f"{adapter.name}", disable=False
+        )
     dim = None
     for lo, hi in todo:
         t = time.perf_counter()
@@ -353,15 +398,22 @@ def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_b
         except RunnerError:
             raise
         except MemoryError as exc:
-            raise Transient("out of memory while embedding", where=f"cells {lo}:{hi}", reason="oom") from exc
+            raise Transient(
+                "out of memory while embedding", where=f"cells {lo}:{hi}", reason="oom"
+            ) from exc
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
-                raise Transient(f"out of memory while embedding: {exc}".split("\n")[0], where=f"cells {lo}:{hi}",
-                                reason="oom") from exc
+                raise Transient(
+                    f"out of memory while embedding: {exc}".split("\n")[0],
+                    where=f"cells {lo}:{hi}",
+                    reason="oom",
+                ) from exc
             raise
         if embeddings.shape[0] != hi - lo:
-            raise RunnerError(f"model returned {embeddings.shape[0]} embeddings for {hi - lo} cells",
-                              where=f"cells {lo}:{hi}")
+            raise RunnerError(
+                f"model returned {embeddings.shape[0]} embeddings for {hi - lo} cells",
+                where=f"cells {lo}:{hi}",
+            )
         parts.save(lo, hi, embeddings)
         dim = embeddings.shape[1]
         run.cells_done += hi - lo
@@ -371,8 +423,14 @@ def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_b
         if bar is not None:
             bar.update(hi - lo)
         else:
-            LOG.info("chunk done", extra={"cells_done": run.cells_done, "cells_total": total,
-                                          "cells_per_second": round(run.cells_per_second(), 2)})
+            LOG.info(
+                "chunk done",
+                extra={
+                    "cells_done": run.cells_done,
+                    "cells_total": total,
+                    "cells_per_second": round(run.cells_per_second(), 2),
+                },
+            )
         run.push(adapter.batch_latencies)
     if bar is not None:
         bar.close()
@@ -384,10 +442,22 @@ def _write_output(out, obs, chunks, parts, dim, model, manifest, workdir) -> Non
     blocks = (parts.load(lo, hi) for lo, hi in chunks)
     if out.is_s3:
         local = workdir / "output.h5ad"
-        output.write_embeddings(local, obs=obs, key=output.embedding_key(model), dim=dim, blocks=blocks,
-                                provenance=manifest)
+        output.write_embeddings(
+            local,
+            obs=obs,
+            key=output.embedding_key(model),
+            dim=dim,
+            blocks=blocks,
+            provenance=manifest,
+        )
         storage.put_file(local, out)
         return
     with storage.atomic_local_file(out.path) as tmp:
-        output.write_embeddings(tmp, obs=obs, key=output.embedding_key(model), dim=dim, blocks=blocks,
-                                provenance=manifest)
+        output.write_embeddings(
+            tmp,
+            obs=obs,
+            key=output.embedding_key(model),
+            dim=dim,
+            blocks=blocks,
+            provenance=manifest,
+        )

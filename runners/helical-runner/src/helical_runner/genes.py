@@ -22,7 +22,6 @@ ENSEMBL_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "feature_id", "ensembl")
 SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "feature_name", "gene_name", "symbol", "gene")
 
 
-
 def strip_version(ids: pd.Series) -> pd.Series:
     return ids.str.replace(r"\.\d+$", "", regex=True)
 
@@ -51,7 +50,9 @@ class GeneIds:
 
 def find_ids(var: pd.DataFrame) -> GeneIds:
     """Locate Ensembl ids and symbols among var's index and usual columns."""
-    sources: list[tuple[str, pd.Series]] = [("var index", pd.Series(var.index.astype(str), dtype=object))]
+    sources: list[tuple[str, pd.Series]] = [
+        ("var index", pd.Series(var.index.astype(str), dtype=object))
+    ]
     for col in (*ENSEMBL_COLUMNS, *SYMBOL_COLUMNS):
         if col in var.columns:
             sources.append((f"var['{col}']", var[col].astype(str).reset_index(drop=True)))
@@ -61,7 +62,12 @@ def find_ids(var: pd.DataFrame) -> GeneIds:
         frac = ensembl_fraction(values)
         if frac >= 0.5 and ensembl is None:
             ensembl, ensembl_source = strip_version(values.str.upper()), name
-        elif frac < 0.5 and symbols is None and values.str.len().gt(0).mean() > 0.5 and not _numeric(values):
+        elif (
+            frac < 0.5
+            and symbols is None
+            and values.str.len().gt(0).mean() > 0.5
+            and not _numeric(values)
+        ):
             symbols, symbol_source = values.str.strip(), name
     if ensembl is None and symbols is None:
         raise BadInput("no gene identifiers found in var (need Ensembl ids or gene symbols)")
@@ -85,7 +91,9 @@ def load_gene_table(cache: Path) -> pd.DataFrame | None:
     return None
 
 
-def model_identifiers(ids: GeneIds, want: str, table: pd.DataFrame | None) -> tuple[np.ndarray, str]:
+def model_identifiers(
+    ids: GeneIds, want: str, table: pd.DataFrame | None
+) -> tuple[np.ndarray, str]:
     """One identifier per gene in the kind the model wants ('' where none), and how it was got."""
     have = ids.ensembl if want == "ensembl" else ids.symbols
     if have is not None:
@@ -115,7 +123,9 @@ def to_vocabulary(identifiers: np.ndarray, vocabulary: set[str]) -> np.ndarray:
     varying case across datasets, and Ensembl ids are upper-case anyway.
     """
     spelled = {v.upper(): v for v in vocabulary}
-    return np.array([spelled.get(str(i).upper(), "") if i else "" for i in identifiers], dtype=object)
+    return np.array(
+        [spelled.get(str(i).upper(), "") if i else "" for i in identifiers], dtype=object
+    )
 
 
 def mapped_fraction(resolved: np.ndarray) -> float:

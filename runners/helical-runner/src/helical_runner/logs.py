@@ -6,6 +6,7 @@ lines; people at a terminal get a progress bar and short messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,12 +27,15 @@ def json_mode() -> bool:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        payload.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
+        payload.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+        )
         if record.exc_info and record.levelno >= logging.ERROR:
             payload["exc"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(payload, default=str)
@@ -39,7 +43,9 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+        extras = {
+            k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
+        }
         tail = " ".join(f"{k}={v}" for k, v in extras.items())
         return f"[{record.levelname.lower()}] {record.getMessage()}" + (f"  {tail}" if tail else "")
 
@@ -48,10 +54,8 @@ def configure(verbose: bool = False) -> None:
     """Route every logger (helical's included) through one stderr handler."""
     # Importing the helical package adds its own root handler; import it first
     # so that handler is replaced below instead of doubling every line later.
-    try:
+    with contextlib.suppress(ImportError):
         import helical  # noqa: F401
-    except ImportError:
-        pass
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_mode() else TextFormatter())
     root = logging.getLogger()
@@ -60,5 +64,14 @@ def configure(verbose: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     # helical and its stack log every step of every chunk; keep their warnings only.
-    for noisy in ("helical", "datasets", "transformers", "accelerate", "matplotlib", "numba", "botocore", "urllib3"):
+    for noisy in (
+        "helical",
+        "datasets",
+        "transformers",
+        "accelerate",
+        "matplotlib",
+        "numba",
+        "botocore",
+        "urllib3",
+    ):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)

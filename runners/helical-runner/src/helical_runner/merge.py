@@ -18,10 +18,16 @@ def merged_manifest(shards: list[dict], out: storage.Location, cells: int) -> di
     if len(inputs) != 1 or len(models) != 1:
         raise BadInput("shards come from different inputs or models; refusing to merge")
     timing_keys = sorted({k for m in shards for k in m.get("timings", {})})
-    timings = {k: round(sum(m.get("timings", {}).get(k, 0.0) for m in shards), 4) for k in timing_keys}
+    timings = {
+        k: round(sum(m.get("timings", {}).get(k, 0.0) for m in shards), 4) for k in timing_keys
+    }
     compute = sum(timings.get(k, 0.0) for k in ("read_s", "preprocess_s", "embed_s"))
     return {
-        **{k: v for k, v in first.items() if k not in ("timings", "selection", "run_key", "output", "run_labels")},
+        **{
+            k: v
+            for k, v in first.items()
+            if k not in ("timings", "selection", "run_key", "output", "run_labels")
+        },
         "outcome": "success",
         "output": out.uri,
         "selection": {
@@ -30,8 +36,13 @@ def merged_manifest(shards: list[dict], out: storage.Location, cells: int) -> di
             "cells": cells,
         },
         "shards": [
-            {"output": m["output"], "selection": m["selection"], "run_key": m["run_key"],
-             "cells_per_second": m.get("cells_per_second"), "host": m.get("host")}
+            {
+                "output": m["output"],
+                "selection": m["selection"],
+                "run_key": m["run_key"],
+                "cells_per_second": m.get("cells_per_second"),
+                "host": m.get("host"),
+            }
             for m in shards
         ],
         "timings": timings,
@@ -59,7 +70,9 @@ def merge_outputs(shards: list[storage.Location], out: storage.Location) -> dict
                 local.append(loc.path)
         starts = [m["selection"]["start"] for m in manifests]
         if starts != sorted(starts):
-            raise BadInput("shards are not in cell order; pass them in the order of their cell ranges")
+            raise BadInput(
+                "shards are not in cell order; pass them in the order of their cell ranges"
+            )
         # written aside first, then moved into place whole
         target = Path(tmp) / "merged.h5ad"
         merged = merged_manifest(manifests, out, sum(m["selection"]["cells"] for m in manifests))

@@ -55,7 +55,6 @@ class RunMetrics:
     timings: dict[str, float] = field(default_factory=dict)
     cells_done: int = 0
     cells_this_run: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
 
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
@@ -65,7 +64,11 @@ class RunMetrics:
         return time.perf_counter() - self.started
 
     def cells_per_second(self) -> float:
-        compute = self.timings.get("embed_s", 0.0) + self.timings.get("preprocess_s", 0.0) + self.timings.get("read_s", 0.0)
+        compute = (
+            self.timings.get("embed_s", 0.0)
+            + self.timings.get("preprocess_s", 0.0)
+            + self.timings.get("read_s", 0.0)
+        )
         return self.cells_this_run / compute if compute > 0 else 0.0
 
     def push(self, latencies: list[float], *, final: bool = False) -> None:
@@ -82,37 +85,72 @@ class RunMetrics:
         def gauge(name: str, doc: str, value: float) -> None:
             Gauge(name, doc, names, registry=registry).labels(*values).set(value)
 
-        Counter("helical_runner_cells_processed", "Cells embedded so far", names, registry=registry).labels(
-            *values
-        ).inc(self.cells_done)
-        gauge("helical_runner_cells_per_second", "Embedding throughput of this run", self.cells_per_second())
-        gauge("helical_runner_model_load_seconds", "Time to load the model", self.timings.get("load_s", 0.0))
+        Counter(
+            "helical_runner_cells_processed", "Cells embedded so far", names, registry=registry
+        ).labels(*values).inc(self.cells_done)
+        gauge(
+            "helical_runner_cells_per_second",
+            "Embedding throughput of this run",
+            self.cells_per_second(),
+        )
+        gauge(
+            "helical_runner_model_load_seconds",
+            "Time to load the model",
+            self.timings.get("load_s", 0.0),
+        )
         gauge("helical_runner_duration_seconds", "Wall time of the run so far", self.elapsed)
         gauge("helical_runner_peak_rss_bytes", "Peak resident memory", peak_rss_bytes())
         gauge("helical_runner_rss_bytes", "Resident memory now", rss_bytes())
         gauge("helical_runner_peak_gpu_memory_bytes", "Peak GPU memory allocated", peak_gpu_bytes())
-        gauge("helical_runner_last_success", "1 when the run finished successfully", 1.0 if final and not self.failures else 0.0)
-        Counter("helical_runner_cpu_seconds", "CPU time used by the runner", names, registry=registry).labels(
-            *values
-        ).inc(cpu_seconds())
+        gauge(
+            "helical_runner_last_success",
+            "1 when the run finished successfully",
+            1.0 if final else 0.0,
+        )
+        Counter(
+            "helical_runner_cpu_seconds", "CPU time used by the runner", names, registry=registry
+        ).labels(*values).inc(cpu_seconds())
         hist = Histogram(
-            "helical_runner_batch_latency_seconds", "Model forward latency per batch", names,
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "helical_runner_batch_latency_seconds",
+            "Model forward latency per batch",
+            names,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         ).labels(*values)
         for seconds in latencies:
             hist.observe(seconds)
-        failures = Counter("helical_runner_failures", "Failed runs by reason", [*names, "reason"], registry=registry)
-        for reason, count in self.failures.items():
-            failures.labels(*values, reason).inc(count)
-        grouping = {k: v for k, v in self.labels.items() if k in ("dag_id", "task_id", "run_id", "shard")}
-        grouping.setdefault("instance", f"{socket.gethostname()}-{os.getpid()}")
-        try:
-            push_to_gateway(url, job=JOB, registry=registry, grouping_key=grouping, timeout=5)
-        except Exception as exc:  # metrics must never fail a run
-            LOG.warning("could not push metrics", extra={"pushgateway": url, "error": str(exc)})
+        _send(push_to_gateway, url, registry, self.labels)
 
 
-def labels_for(model: str, device: str, precision: str, dataset: str, run_labels: dict[str, str]) -> dict[str, str]:
+def push_failure(pushgateway: str | None, labels: dict[str, str], reason: str) -> None:
+    """Count a failed run by reason, keeping the run's other series (POST, not PUT)."""
+    url = pushgateway or os.environ.get(PUSHGATEWAY_ENV)
+    if not url:
+        return
+    from prometheus_client import CollectorRegistry, Counter, pushadd_to_gateway
+
+    registry = CollectorRegistry()
+    names = list(labels)
+    Counter(
+        "helical_runner_failures", "Failed runs by reason", [*names, "reason"], registry=registry
+    ).labels(*labels.values(), reason).inc()
+    _send(pushadd_to_gateway, url, registry, labels)
+
+
+def _send(method, url: str, registry, labels: dict[str, str]) -> None:
+    grouping = {
+        k: v for k, v in labels.items() if k in ("dag_id", "task_id", "run_id", "shard") and v
+    }
+    grouping.setdefault("instance", f"{socket.gethostname()}-{os.getpid()}")
+    try:
+        method(url, job=JOB, registry=registry, grouping_key=grouping, timeout=5)
+    except Exception as exc:  # metrics must never fail a run
+        LOG.warning("could not push metrics", extra={"pushgateway": url, "error": str(exc)})
+
+
+def labels_for(
+    model: str, device: str, precision: str, dataset: str, run_labels: dict[str, str]
+) -> dict[str, str]:
     labels = {"model": model, "device": device, "precision": precision, "dataset": dataset}
     for key in LABELS:
         labels.setdefault(key, run_labels.get(key, ""))

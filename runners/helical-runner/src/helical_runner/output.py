@@ -64,7 +64,9 @@ def read_embedding_info(path: Path) -> tuple[str, int, int]:
     with h5py.File(path, "r") as fh:
         keys = [k for k in fh.get("obsm", {}) if k.startswith("X_")]
         if len(keys) != 1:
-            raise BadInput(f"expected one X_<model> embedding in obsm, found {keys}", where=str(path))
+            raise BadInput(
+                f"expected one X_<model> embedding in obsm, found {keys}", where=str(path)
+            )
         n, dim = fh["obsm"][keys[0]].shape
         return keys[0], int(n), int(dim)
 

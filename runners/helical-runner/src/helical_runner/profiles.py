@@ -59,7 +59,8 @@ def load(name_or_path: str) -> Profile:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise BadInput(
-            f"unknown profile '{name_or_path}' (built-in: {', '.join(available())})", where=str(path)
+            f"unknown profile '{name_or_path}' (built-in: {', '.join(available())})",
+            where=str(path),
         )
     try:
         data = yaml.safe_load(path.read_text())
@@ -79,10 +80,21 @@ def load(name_or_path: str) -> Profile:
 def validate(profile: Profile) -> Profile:
     where = profile.source or profile.model
     if profile.precision not in PRECISIONS:
-        raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, not '{profile.precision}'", where=where)
+        raise BadInput(
+            f"precision must be one of {', '.join(PRECISIONS)}, not '{profile.precision}'",
+            where=where,
+        )
     if profile.gene_id not in ("ensembl", "symbol"):
-        raise BadInput(f"gene_id must be 'ensembl' or 'symbol', not '{profile.gene_id}'", where=where)
-    for key in ("batch_size", "cells_per_chunk", "cells_per_shard", "timeout_minutes", "embedding_dim"):
+        raise BadInput(
+            f"gene_id must be 'ensembl' or 'symbol', not '{profile.gene_id}'", where=where
+        )
+    for key in (
+        "batch_size",
+        "cells_per_chunk",
+        "cells_per_shard",
+        "timeout_minutes",
+        "embedding_dim",
+    ):
         value = getattr(profile, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadInput(f"{key} must be a positive integer, not {value!r}", where=where)

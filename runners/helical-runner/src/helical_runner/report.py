@@ -71,7 +71,12 @@ def label_metrics(emb: np.ndarray, labels: np.ndarray) -> dict:
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
         result["knn_accuracy"] = round(float(cross_val_score(knn, emb, labels, cv=cv).mean()), 4)
         result["silhouette"] = round(
-            float(silhouette_score(emb, labels, sample_size=min(SILHOUETTE_SAMPLE, len(labels)), random_state=0)), 4
+            float(
+                silhouette_score(
+                    emb, labels, sample_size=min(SILHOUETTE_SAMPLE, len(labels)), random_state=0
+                )
+            ),
+            4,
         )
     return result
 
@@ -83,7 +88,9 @@ def umap_figure(emb: np.ndarray, labels: np.ndarray | None, title: str, path: Pa
     import matplotlib.pyplot as plt
     import umap
 
-    coords = umap.UMAP(n_neighbors=min(15, len(emb) - 1), random_state=0, n_jobs=1).fit_transform(emb)
+    coords = umap.UMAP(n_neighbors=min(15, len(emb) - 1), random_state=0, n_jobs=1).fit_transform(
+        emb
+    )
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=3, alpha=0.7)
@@ -114,7 +121,9 @@ def metrics_figure(results: dict[str, dict], path: Path) -> None:
     axes = np.atleast_1d(axes)
     for ax, key in zip(axes, keys, strict=False):
         values = [results[n][key] for n in names]
-        ax.bar(names, values, color=["#999999" if n == "pca_baseline" else "#3b78b5" for n in names])
+        ax.bar(
+            names, values, color=["#999999" if n == "pca_baseline" else "#3b78b5" for n in names]
+        )
         ax.set_title(key.replace("_", " "), fontsize=10)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
@@ -122,7 +131,9 @@ def metrics_figure(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def build_report(*, dataset: str, embeddings: list[str], out_dir: Path, label_key: str, max_cells: int) -> Path:
+def build_report(
+    *, dataset: str, embeddings: list[str], out_dir: Path, label_key: str, max_cells: int
+) -> Path:
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     with H5AD(storage.LocalInput(dataset).path(), uri=dataset) as h5:
@@ -132,7 +143,10 @@ def build_report(*, dataset: str, embeddings: list[str], out_dir: Path, label_ke
         if label_key in obs.columns:
             labels = obs[label_key].astype(str).to_numpy()[rows]
         else:
-            LOG.warning("no label column; metrics need labels, only UMAPs are drawn", extra={"label_key": label_key})
+            LOG.warning(
+                "no label column; metrics need labels, only UMAPs are drawn",
+                extra={"label_key": label_key},
+            )
         embs: dict[str, np.ndarray] = {"pca_baseline": pca_baseline(_counts_rows(h5, rows))}
         cell_names = h5.obs_names[rows]
     manifests = {}
@@ -154,8 +168,11 @@ def build_report(*, dataset: str, embeddings: list[str], out_dir: Path, label_ke
         metrics_figure(results, out_dir / "metrics.png")
     demo = any(m.get("demo_weights") for m in manifests.values())
     summary = {
-        "dataset": dataset, "label_key": label_key if labels is not None else None,
-        "cells_evaluated": len(rows), "demo_weights": demo, "results": results,
+        "dataset": dataset,
+        "label_key": label_key if labels is not None else None,
+        "cells_evaluated": len(rows),
+        "demo_weights": demo,
+        "results": results,
         "seconds": round(time.perf_counter() - started, 2),
     }
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -176,18 +193,25 @@ def _load_embedding(uri: str, cell_names: pd.Index) -> tuple[np.ndarray, str, di
     frame = pd.DataFrame(np.asarray(adata.obsm[keys[0]]), index=adata.obs_names.astype(str))
     missing = cell_names.difference(frame.index)
     if len(missing):
-        raise BadInput(f"embedding lacks {len(missing)} cells of the dataset, e.g. '{missing[0]}'", where=uri)
+        raise BadInput(
+            f"embedding lacks {len(missing)} cells of the dataset, e.g. '{missing[0]}'", where=uri
+        )
     manifest_loc = loc.with_suffix(MANIFEST_SUFFIX)
     manifest = storage.read_json(manifest_loc) if storage.exists(manifest_loc) else {}
     return frame.loc[cell_names].to_numpy(dtype=np.float32), keys[0][2:], manifest
 
 
-def _html(summary: dict, figures: dict[str, str], manifests: dict[str, dict], with_labels: bool) -> str:
+def _html(
+    summary: dict, figures: dict[str, str], manifests: dict[str, dict], with_labels: bool
+) -> str:
     esc = html.escape
     cols = ["cells", "dim"] + (["classes", "knn_accuracy", "silhouette"] if with_labels else [])
     head = "".join(f"<th>{esc(c)}</th>" for c in ["embedding", *cols])
     body = "".join(
-        "<tr>" + f"<td>{esc(name)}</td>" + "".join(f"<td>{esc(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+        "<tr>"
+        + f"<td>{esc(name)}</td>"
+        + "".join(f"<td>{esc(str(r.get(c, '')))}</td>" for c in cols)
+        + "</tr>"
         for name, r in summary["results"].items()
     )
     banner = (
@@ -218,8 +242,13 @@ pre {{ background: #f6f6f6; padding: .5rem; overflow-x: auto; font-size: 12px; }
 </style></head><body>
 <h1>Embedding report</h1>
 <p>Dataset <code>{esc(summary["dataset"])}</code>: {summary["cells_evaluated"]:,} cells evaluated{
-        f', labels from <code>{esc(summary["label_key"])}</code>' if summary["label_key"] else ", no labels"}.
-kNN label transfer: {K_NEIGHBORS} neighbours, stratified 5-fold; baseline: PCA of log-normalised counts.</p>
+        f", labels from <code>{esc(summary["label_key"])}</code>"
+        if summary["label_key"]
+        else ", no labels"
+    }.
+kNN label transfer: {
+        K_NEIGHBORS
+    } neighbours, stratified 5-fold; baseline: PCA of log-normalised counts.</p>
 {banner}
 <h2>Metrics</h2><table><tr>{head}</tr>{body}</table>
 {metrics_img}

@@ -125,7 +125,11 @@ def exists(loc: Location) -> bool:
 def list_names(prefix: Location) -> list[str]:
     """Names directly below a folder/prefix (files only)."""
     if not prefix.is_s3:
-        return sorted(p.name for p in prefix.path.iterdir() if p.is_file()) if prefix.path.is_dir() else []
+        return (
+            sorted(p.name for p in prefix.path.iterdir() if p.is_file())
+            if prefix.path.is_dir()
+            else []
+        )
     names: list[str] = []
     key = prefix.key.rstrip("/") + "/"
     with s3_errors(prefix.uri):
@@ -232,7 +236,9 @@ class LocalInput:
     def __init__(self, uri: str, *, cache_dir: Path | None = None):
         self.loc = parse(uri)
         self.cache_dir = cache_dir or Path(
-            os.environ.get("HELICAL_RUNNER_CACHE", Path(tempfile.gettempdir()) / "helical-runner-cache")
+            os.environ.get(
+                "HELICAL_RUNNER_CACHE", Path(tempfile.gettempdir()) / "helical-runner-cache"
+            )
         )
 
     def path(self) -> Path:

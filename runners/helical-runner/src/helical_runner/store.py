@@ -67,7 +67,12 @@ class StoreInfo:
         return self.kind == "demo"
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "files": self.files, "overrides": self.overrides, "source": self.source}
+        return {
+            "kind": self.kind,
+            "files": self.files,
+            "overrides": self.overrides,
+            "source": self.source,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> StoreInfo:
@@ -164,7 +169,12 @@ def _write_uce(root: Path, symbols: list[str], overrides: dict) -> None:
     )
     (udir / "species_offsets.json").write_text(json.dumps({"human": n_special}))
     chrom_rows = [
-        {"species": "human", "chromosome": DEMO_CHROMOSOMES[i % len(DEMO_CHROMOSOMES)], "start": 1000 * i, "gene_symbol": s}
+        {
+            "species": "human",
+            "chromosome": DEMO_CHROMOSOMES[i % len(DEMO_CHROMOSOMES)],
+            "start": 1000 * i,
+            "gene_symbol": s,
+        }
         for i, s in enumerate(symbols)
     ]
     pd.DataFrame(chrom_rows).to_csv(udir / "species_chrom.csv", index=False)
@@ -224,8 +234,12 @@ def build_demo_bundle(dest: Path) -> StoreInfo:
         _write_geneformer(tmp, ensembl, "gf-6L-10M-i2048")
         _write_scgpt(tmp, symbols, overrides["scgpt"])
         _write_uce(tmp, symbols, overrides["uce"])
-        pd.DataFrame({"ensembl_id": ensembl, "gene_name": symbols}).to_csv(tmp / GENE_TABLE, index=False)
-        info = StoreInfo(kind="demo", files=_checksums(tmp), overrides=overrides, source="demo-bundle")
+        pd.DataFrame({"ensembl_id": ensembl, "gene_name": symbols}).to_csv(
+            tmp / GENE_TABLE, index=False
+        )
+        info = StoreInfo(
+            kind="demo", files=_checksums(tmp), overrides=overrides, source="demo-bundle"
+        )
         (tmp / STORE_MANIFEST).write_text(json.dumps(info.to_json(), indent=2, sort_keys=True))
         if dest.exists():
             shutil.rmtree(dest)
@@ -258,7 +272,9 @@ def read_store_info(store_uri: str) -> StoreInfo:
         raise BadInput(f"unreadable {STORE_MANIFEST}: {exc}", where=store_uri) from exc
 
 
-def fetch(store_uri: str, *, files: list[str] | None = None, cache: Path | None = None) -> StoreInfo:
+def fetch(
+    store_uri: str, *, files: list[str] | None = None, cache: Path | None = None
+) -> StoreInfo:
     """Copy a store's files (or a subset) into helical's cache, verifying sha256.
 
     Files already cached with the right checksum are left alone; a mismatch
@@ -267,7 +283,11 @@ def fetch(store_uri: str, *, files: list[str] | None = None, cache: Path | None 
     cache = cache or helical_cache_dir()
     info = read_store_info(store_uri)
     src = storage.parse(store_uri)
-    wanted = sorted(info.files) if files is None else [*files, *(t for t in GENE_TABLES if t in info.files)]
+    wanted = (
+        sorted(info.files)
+        if files is None
+        else [*files, *(t for t in GENE_TABLES if t in info.files)]
+    )
     for rel in wanted:
         if rel not in info.files:
             raise BadInput(f"model artifact '{rel}' is not in the store", where=store_uri)
@@ -283,11 +303,16 @@ def fetch(store_uri: str, *, files: list[str] | None = None, cache: Path | None 
                 shutil.copyfile(src.path / rel, tmp)
             got = storage.sha256_file(tmp)
             if got != info.files[rel]:
-                raise BadInput(f"checksum mismatch for model artifact '{rel}' (store is corrupt)", where=store_uri)
+                raise BadInput(
+                    f"checksum mismatch for model artifact '{rel}' (store is corrupt)",
+                    where=store_uri,
+                )
             os.replace(tmp, target)
             _remember(target, got)
         except OSError as exc:
-            raise Transient(f"cannot copy model artifact '{rel}': {exc}", where=store_uri, reason="io") from exc
+            raise Transient(
+                f"cannot copy model artifact '{rel}': {exc}", where=store_uri, reason="io"
+            ) from exc
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -352,7 +377,9 @@ def pull(files: list[str], cache: Path | None = None) -> list[str]:
         try:
             downloader.download_via_name(name)
         except Exception as exc:
-            raise Transient(f"cannot download '{name}' from helical's hub: {exc}", reason="network") from exc
+            raise Transient(
+                f"cannot download '{name}' from helical's hub: {exc}", reason="network"
+            ) from exc
         done.append(name)
     return done
 

@@ -52,7 +52,9 @@ class Report:
         lines.append(f"cells        {self.n_cells:,}")
         lines.append(f"genes        {self.n_genes:,}")
         if self.counts_location:
-            lines.append(f"raw counts   {self.counts_location} ({self.matrix_format}, {self.nnz:,} stored values)")
+            lines.append(
+                f"raw counts   {self.counts_location} ({self.matrix_format}, {self.nnz:,} stored values)"
+            )
         if self.gene_id_type:
             lines.append(f"gene ids     {self.gene_id_type} from {self.gene_id_source}")
         if self.model and self.genes_mapped_fraction is not None:
@@ -136,7 +138,9 @@ def validate(
         report.fail(f"{counts.where} has {counts.shape[0]} rows but obs has {h5.n_cells} cells")
         return report, counts, None
     if counts.fmt == "csc" and (stop - start) < h5.n_cells:
-        report.notes.append("counts are stored CSC: each chunk rescans the matrix; CSR is much faster")
+        report.notes.append(
+            "counts are stored CSC: each chunk rescans the matrix; CSR is much faster"
+        )
     problem = scan_counts(counts, start, stop)
     if problem:
         report.fail(problem)
@@ -169,12 +173,16 @@ def validate(
             report.fail(exc.message)
             return report, counts, None
         except OSError as exc:
-            report.fail(f"model vocabulary unavailable ({exc.strerror}: {exc.filename}); fetch the model store first")
+            report.fail(
+                f"model vocabulary unavailable ({exc.strerror}: {exc.filename}); fetch the model store first"
+            )
             return report, counts, None
         resolved = genes.to_vocabulary(identifiers, vocabulary)
         report.gene_id_source = source
         report.genes_mapped = int((resolved != "").sum())
         report.genes_mapped_fraction = round(genes.mapped_fraction(resolved), 4)
         if report.genes_mapped == 0:
-            report.fail(f"no gene maps onto the {adapter.name} vocabulary (identifiers from {source})")
+            report.fail(
+                f"no gene maps onto the {adapter.name} vocabulary (identifiers from {source})"
+            )
     return report, counts, resolved

@@ -25,7 +25,9 @@ class Adapter(abc.ABC):
     #: identifiers the model's vocabulary is keyed on: "ensembl" or "symbol"
     gene_id: ClassVar[str]
 
-    def __init__(self, profile: Profile, *, device: str, precision: str, overrides: dict | None = None):
+    def __init__(
+        self, profile: Profile, *, device: str, precision: str, overrides: dict | None = None
+    ):
         self.profile = profile
         self.device = device
         self.precision = precision
@@ -73,7 +75,9 @@ class Adapter(abc.ABC):
 
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        return torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        return torch.autocast(
+            device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None
+        )
 
     def timed(self, fn):
         """Wrap a forward function: apply precision and record each batch's latency."""

@@ -46,7 +46,9 @@ def _encoder_only(mlm_model, forward_wrapper):
             )
 
         def forward(self, input_ids, attention_mask=None, output_attentions=False):
-            return self._forward(input_ids, attention_mask=attention_mask, output_attentions=output_attentions)
+            return self._forward(
+                input_ids, attention_mask=attention_mask, output_attentions=output_attentions
+            )
 
     return EncoderOnly(mlm_model.bert)
 
@@ -73,7 +75,9 @@ class GeneformerAdapter(Adapter):
         ]
 
     def vocabulary(self, cache: Path) -> set[str]:
-        tokens = json.loads((cache / f"geneformer/{self.version}/token_dictionary.json").read_text())
+        tokens = json.loads(
+            (cache / f"geneformer/{self.version}/token_dictionary.json").read_text()
+        )
         return {k for k in tokens if not k.startswith("<")}
 
     def load(self) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import BadInput
 import numpy as np
 
+from ..errors import BadInput
 from .base import Adapter
 
 
@@ -31,17 +31,25 @@ class ScGPTAdapter(Adapter):
         import torch
         from helical.models.scgpt import scGPT, scGPTConfig
 
-        config = scGPTConfig(batch_size=self.profile.batch_size, device=self.device, **self.overrides)
+        config = scGPTConfig(
+            batch_size=self.profile.batch_size, device=self.device, **self.overrides
+        )
         self.model = scGPT(configurer=config)
         checkpoint = torch.load(config.config["model_path"], map_location="cpu", weights_only=True)
-        self._check_checkpoint(checkpoint, self.model.model.state_dict(), str(config.config["model_path"]))
+        self._check_checkpoint(
+            checkpoint, self.model.model.state_dict(), str(config.config["model_path"])
+        )
         self.model.model._encode = self.timed(self.model.model._encode)
 
     @staticmethod
     def _check_checkpoint(checkpoint: dict, expected: dict, where: str) -> None:
         loaded = {k.replace("Wqkv.", "in_proj_"): v for k, v in checkpoint.items()}
         missing = [k for k in expected if k not in loaded]
-        mismatched = [k for k in expected if k in loaded and tuple(loaded[k].shape) != tuple(expected[k].shape)]
+        mismatched = [
+            k
+            for k in expected
+            if k in loaded and tuple(loaded[k].shape) != tuple(expected[k].shape)
+        ]
         if missing or mismatched:
             example = (missing or mismatched)[0]
             raise BadInput(

@@ -13,10 +13,19 @@ import numpy as np
 
 from .base import Adapter, working_directory
 
-_HUMAN_PROTEIN_EMBEDDINGS = "uce/protein_embeddings/Homo_sapiens.GRCh38.gene_symbol_to_embedding_ESM2.pt"
+_HUMAN_PROTEIN_EMBEDDINGS = (
+    "uce/protein_embeddings/Homo_sapiens.GRCh38.gene_symbol_to_embedding_ESM2.pt"
+)
 # Overrides that are UCEConfig arguments; n_layers is derived from the model name
 # by helical, so the demo bundle sets it on the config dict afterwards.
-_CONFIG_ARGS = {"token_dim", "d_hid", "output_dim", "sample_size", "pad_length", "CHROM_TOKEN_OFFSET"}
+_CONFIG_ARGS = {
+    "token_dim",
+    "d_hid",
+    "output_dim",
+    "sample_size",
+    "pad_length",
+    "CHROM_TOKEN_OFFSET",
+}
 
 
 class UCEAdapter(Adapter):
