@@ -224,6 +224,11 @@ def _html(
         f'<figure><img src="{esc(f)}" alt="UMAP of {esc(n)}"><figcaption>{esc(n)}</figcaption></figure>'
         for n, f in figures.items()
     )
+    labels_text = (
+        f", labels from <code>{esc(summary['label_key'])}</code>"
+        if summary["label_key"]
+        else ", no labels"
+    )
     metrics_img = '<img src="metrics.png" alt="metrics by embedding">' if with_labels else ""
     details = "".join(
         f"<details><summary>manifest: {esc(n)}</summary><pre>{esc(json.dumps(m, indent=2, sort_keys=True))}</pre>"
@@ -242,9 +247,7 @@ pre {{ background: #f6f6f6; padding: .5rem; overflow-x: auto; font-size: 12px; }
 </style></head><body>
 <h1>Embedding report</h1>
 <p>Dataset <code>{esc(summary["dataset"])}</code>: {summary["cells_evaluated"]:,} cells evaluated{
-        f", labels from <code>{esc(summary["label_key"])}</code>"
-        if summary["label_key"]
-        else ", no labels"
+        labels_text
     }.
 kNN label transfer: {
         K_NEIGHBORS
