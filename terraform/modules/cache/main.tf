@@ -1,9 +1,11 @@
 # Celery broker: ElastiCache Redis replication group in the isolated data
 # subnets, encrypted at rest (KMS) and in transit (TLS), AUTH token required.
 #
-# The token is born in Secrets Manager: an ephemeral random password (never
-# in state or plan) is written to the secret through a write-only attribute,
-# then read back for ElastiCache. Bumping auth_token_version rotates it.
+# The token is born in Secrets Manager (GetRandomPassword), stored in a
+# KMS-encrypted secret, and handed to ElastiCache from there. The data
+# source draws a new password on every plan; ignore_changes keeps the stored
+# one until auth_token_version is bumped, which replaces the secret version
+# and rotates the token (ROTATE strategy: old and new valid during rollout).
 
 resource "aws_secretsmanager_secret" "auth_token" {
   #checkov:skip=CKV2_AWS_57:Rotation is driven by auth_token_version (ElastiCache needs the ROTATE token strategy, which a Secrets Manager rotation Lambda cannot drive without extra infrastructure).
@@ -14,22 +16,25 @@ resource "aws_secretsmanager_secret" "auth_token" {
   tags                    = var.tags
 }
 
-ephemeral "aws_secretsmanager_random_password" "auth_token" {
+data "aws_secretsmanager_random_password" "auth_token" {
   password_length = 64
   # Redis AUTH accepts printable ASCII except a few symbols; letters and
-  # digits only keeps the token safe in URLs (redis://:<token>@host) too.
+  # digits only keeps the token safe in URLs (rediss://:<token>@host) too.
   exclude_punctuation = true
 }
 
-resource "aws_secretsmanager_secret_version" "auth_token" {
-  secret_id                = aws_secretsmanager_secret.auth_token.id
-  secret_string_wo         = ephemeral.aws_secretsmanager_random_password.auth_token.random_password
-  secret_string_wo_version = var.auth_token_version
+resource "terraform_data" "auth_token_version" {
+  input = var.auth_token_version
 }
 
-data "aws_secretsmanager_secret_version" "auth_token" {
-  secret_id  = aws_secretsmanager_secret.auth_token.id
-  version_id = aws_secretsmanager_secret_version.auth_token.version_id
+resource "aws_secretsmanager_secret_version" "auth_token" {
+  secret_id     = aws_secretsmanager_secret.auth_token.id
+  secret_string = data.aws_secretsmanager_random_password.auth_token.random_password
+
+  lifecycle {
+    ignore_changes       = [secret_string]
+    replace_triggered_by = [terraform_data.auth_token_version]
+  }
 }
 
 resource "aws_elasticache_subnet_group" "this" {
@@ -85,7 +90,7 @@ resource "aws_elasticache_replication_group" "this" {
   kms_key_id                 = var.kms_key_arn
   transit_encryption_enabled = true
   transit_encryption_mode    = "required"
-  auth_token                 = data.aws_secretsmanager_secret_version.auth_token.secret_string
+  auth_token                 = aws_secretsmanager_secret_version.auth_token.secret_string
   auth_token_update_strategy = "ROTATE"
 
   snapshot_retention_limit   = var.snapshot_retention_days

@@ -32,3 +32,8 @@ output "flow_log_group_name" {
   description = "CloudWatch log group holding the VPC flow logs."
   value       = aws_cloudwatch_log_group.flow_logs.name
 }
+
+output "public_lb_security_group_id" {
+  description = "Security group for the public load balancer (HTTPS only): put it in the Ingress annotation alb.ingress.kubernetes.io/security-groups."
+  value       = aws_security_group.public_lb.id
+}

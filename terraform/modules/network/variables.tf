@@ -62,3 +62,9 @@ variable "logs_kms_key_arn" {
   description = "KMS key ARN that encrypts the flow-log group (its policy must admit CloudWatch Logs)."
   type        = string
 }
+
+variable "lb_ingress_cidrs" {
+  description = "Sources allowed to reach the public load balancer on 443 (the only public entry point of the platform)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}

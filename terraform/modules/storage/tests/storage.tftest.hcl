@@ -1,12 +1,7 @@
 # Security properties of every bucket, checked on a mocked apply (no AWS).
 
 mock_provider "aws" {
-  mock_data "aws_caller_identity" {
-    defaults = { account_id = "123456789012" }
-  }
-  mock_data "aws_partition" {
-    defaults = { partition = "aws" }
-  }
+  source = "../../tests/mocks"
 }
 
 variables {
