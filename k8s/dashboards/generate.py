@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             stale = stale_files()
             if stale:
-                print(f"stale dashboard ConfigMaps: {', '.join(stale)}; run {__file__}", file=sys.stderr)
+                print(
+                    f"stale dashboard ConfigMaps: {', '.join(stale)}; run {__file__}",
+                    file=sys.stderr,
+                )
                 return 1
             return 0
         write()
