@@ -52,14 +52,15 @@ resource "aws_security_group" "this" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "redis" {
-  for_each = toset(var.client_security_group_ids)
+  # count, not for_each: the group IDs are only known after apply.
+  count = length(var.client_security_group_ids)
 
   security_group_id            = aws_security_group.this.id
   description                  = "Redis from EKS workloads"
   ip_protocol                  = "tcp"
   from_port                    = 6379
   to_port                      = 6379
-  referenced_security_group_id = each.value
+  referenced_security_group_id = var.client_security_group_ids[count.index]
 }
 
 resource "aws_cloudwatch_log_group" "redis" {

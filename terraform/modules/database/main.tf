@@ -17,14 +17,15 @@ resource "aws_security_group" "this" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "postgres" {
-  for_each = toset(var.client_security_group_ids)
+  # count, not for_each: the group IDs are only known after apply.
+  count = length(var.client_security_group_ids)
 
   security_group_id            = aws_security_group.this.id
   description                  = "PostgreSQL from EKS workloads"
   ip_protocol                  = "tcp"
   from_port                    = 5432
   to_port                      = 5432
-  referenced_security_group_id = each.value
+  referenced_security_group_id = var.client_security_group_ids[count.index]
 }
 
 resource "aws_db_parameter_group" "this" {

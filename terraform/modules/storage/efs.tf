@@ -86,14 +86,15 @@ resource "aws_security_group" "efs" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "efs" {
-  for_each = var.create_efs ? toset(var.efs_client_security_group_ids) : toset([])
+  # count, not for_each: the group IDs are only known after apply.
+  count = var.create_efs ? length(var.efs_client_security_group_ids) : 0
 
   security_group_id            = aws_security_group.efs[0].id
   description                  = "NFS from EKS workloads"
   ip_protocol                  = "tcp"
   from_port                    = 2049
   to_port                      = 2049
-  referenced_security_group_id = each.value
+  referenced_security_group_id = var.efs_client_security_group_ids[count.index]
 }
 
 resource "aws_efs_mount_target" "dags" {
