@@ -87,7 +87,17 @@ class StoreInfo:
 # ---------------------------------------------------------------- demo bundle
 
 
-def _write_geneformer(root: Path, ensembl: list[str], model_name: str) -> None:
+def write_geneformer(
+    root: Path,
+    ensembl: list[str],
+    model_name: str,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int = 64,
+) -> None:
+    """Random Geneformer v1 weights and vocabularies at helical's paths (sizes as given)."""
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
@@ -102,10 +112,10 @@ def _write_geneformer(root: Path, ensembl: list[str], model_name: str) -> None:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(tokens),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
         max_position_embeddings=2048,
         pad_token_id=0,
     )
@@ -231,14 +241,14 @@ def build_demo_bundle(dest: Path) -> StoreInfo:
     try:
         overrides = demo_overrides()
         ensembl, symbols = demo_gene_ids()
-        _write_geneformer(tmp, ensembl, "gf-6L-10M-i2048")
+        write_geneformer(tmp, ensembl, "gf-6L-10M-i2048")
         _write_scgpt(tmp, symbols, overrides["scgpt"])
         _write_uce(tmp, symbols, overrides["uce"])
         pd.DataFrame({"ensembl_id": ensembl, "gene_name": symbols}).to_csv(
             tmp / GENE_TABLE, index=False
         )
         info = StoreInfo(
-            kind="demo", files=_checksums(tmp), overrides=overrides, source="demo-bundle"
+            kind="demo", files=checksums(tmp), overrides=overrides, source="demo-bundle"
         )
         (tmp / STORE_MANIFEST).write_text(json.dumps(info.to_json(), indent=2, sort_keys=True))
         if dest.exists():
@@ -250,7 +260,7 @@ def build_demo_bundle(dest: Path) -> StoreInfo:
     return info
 
 
-def _checksums(root: Path) -> dict[str, str]:
+def checksums(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): storage.sha256_file(p)
         for p in sorted(root.rglob("*"))
@@ -350,7 +360,7 @@ def mirror(source: Path, dest_uri: str) -> StoreInfo:
         raise BadInput("mirror source is not a folder", where=str(source))
     existing = source / STORE_MANIFEST
     base = StoreInfo.from_json(json.loads(existing.read_text())) if existing.is_file() else None
-    files = _checksums(source)
+    files = checksums(source)
     if not files:
         raise BadInput("nothing to mirror: the folder is empty", where=str(source))
     info = StoreInfo(
