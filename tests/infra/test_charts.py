@@ -1,7 +1,7 @@
 """Helm: our helical-platform chart and our values for the official Airflow chart.
 
 Real tools only: helm 3 (scripts/install-helm.sh) lints and renders our chart,
-kubernetes-validate checks every rendered object against the Kubernetes 1.31
+kubernetes-validate checks every rendered object against the Kubernetes 1.33
 OpenAPI schema in strict mode, checkov scans the rendered manifests, and the
 official chart's own values.schema.json (../shared/airflow-chart/) validates our
 Airflow values. The official chart itself cannot be installed here.
@@ -30,7 +30,7 @@ AIRFLOW_SCHEMA = ROOT.parent / "shared" / "airflow-chart" / "values.schema.json"
 PROFILES_DIR = ROOT / "runners" / "helical-runner" / "src" / "helical_runner" / "profiles"
 STATSD_MAPPING = ROOT / "observability" / "statsd" / "mapping.yml"
 CHECKOV = ROOT / ".venvs" / "checkov" / "bin" / "checkov"
-K8S_VERSION = "1.31.0"  # the EKS version terraform creates; stated in docs/aws.md
+K8S_VERSION = "1.33.0"  # the EKS version terraform creates (modules/eks); stated in docs/aws.md
 TEST_DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
@@ -170,7 +170,7 @@ def test_chart_refuses_to_render_without_the_runner_role(helm: Path) -> None:
 def test_launcher_rbac_is_limited_to_pods_in_the_runner_namespace(rendered: list[dict]) -> None:
     assert not find(rendered, "ClusterRole") and not find(rendered, "ClusterRoleBinding")
     (role,) = find(rendered, "Role")
-    assert role["metadata"]["namespace"] == "helical-runs"
+    assert role["metadata"]["namespace"] == "helical"
     granted = {
         (res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]
     }

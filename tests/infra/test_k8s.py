@@ -1,6 +1,6 @@
-"""Plain manifests in k8s/: valid Kubernetes 1.31, checkov-clean, and saying what they must.
+"""Plain manifests in k8s/: valid Kubernetes 1.33, checkov-clean, and saying what they must.
 
-kubernetes-validate checks every object against the 1.31 OpenAPI schema in
+kubernetes-validate checks every object against the 1.33 OpenAPI schema in
 strict mode (unknown fields fail); checkov scans the folder; the remaining tests
 pin the behaviour the design depends on (autoscaler that spares long jobs, GPU
 plugin on tainted nodes, SigV4 remote write to AMP, dashboards in sync).
@@ -24,7 +24,7 @@ CHECKOV = ROOT / ".venvs" / "checkov" / "bin" / "checkov"
 PROFILES_DIR = ROOT / "runners" / "helical-runner" / "src" / "helical_runner" / "profiles"
 DASHBOARDS_SRC = ROOT / "observability" / "grafana" / "dashboards"
 PLATFORM_VALUES = ROOT / "charts" / "helical-platform" / "values.yaml"
-K8S_VERSION = "1.31.0"  # the EKS version terraform creates; stated in docs/aws.md
+K8S_VERSION = "1.33.0"  # the EKS version terraform creates (modules/eks); stated in docs/aws.md
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}
 
 
@@ -186,7 +186,7 @@ def test_device_plugin_runs_on_tainted_gpu_nodes_only(objects) -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
         "tolerations"
     ]
-    assert pod["nodeSelector"] == {"helical.ai/node-role": "gpu"}
+    assert pod["nodeSelector"] == {"helical.ai/pool": "gpu"}
     assert pod["priorityClassName"] == "system-node-critical"
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert mounts == {"/var/lib/kubelet/device-plugins"}
@@ -195,7 +195,7 @@ def test_device_plugin_runs_on_tainted_gpu_nodes_only(objects) -> None:
 # --- metrics to AMP ----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def agent_config(objects) -> dict:
-    cm = one(objects, "ConfigMap", "amp-agent-config")
+    cm = one(objects, "ConfigMap", "prometheus-agent-config")
     return yaml.safe_load(cm["data"]["prometheus.yml"])
 
 
@@ -210,7 +210,7 @@ def test_agent_remote_writes_to_amp_with_sigv4(agent_config) -> None:
 
 
 def test_agent_runs_in_agent_mode_under_an_irsa_role(objects) -> None:
-    deploy = one(objects, "Deployment", "amp-agent")
+    deploy = one(objects, "Deployment", "prometheus-agent")
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     assert "--agent" in container["args"]
     sa = one(objects, "ServiceAccount", deploy["spec"]["template"]["spec"]["serviceAccountName"])
@@ -242,7 +242,7 @@ def test_pushgateway_accepts_only_runner_pods_and_the_agent(objects) -> None:
     (rule,) = policy["spec"]["ingress"]
     peers = [json.dumps(p, sort_keys=True) for p in rule["from"]]
     assert len(peers) == 2
-    assert any("helical-runs" in p for p in peers) and any("amp-agent" in p for p in peers)
+    assert any("helical" in p for p in peers) and any("prometheus-agent" in p for p in peers)
     assert "Egress" in policy["spec"]["policyTypes"] and not policy["spec"].get("egress")
 
 
