@@ -284,3 +284,54 @@ def test_dashboard_generator_flags_changes_orphans_and_bad_json(tmp_path: Path) 
     (src / "broken.json").write_text("{not json")
     with pytest.raises(gen.DashboardError, match=r"broken\.json"):
         gen.write(out, src)
+
+
+# --- container logs to CloudWatch -----------------------------------------------------------
+TF_LOG_GROUPS = ROOT / "terraform" / "modules" / "observability" / "variables.tf"
+AIRFLOW_COMPONENTS = {"api-server", "scheduler", "dag-processor", "triggerer", "worker"}
+
+
+def fluent_bit_sections(objects) -> list[tuple[str, dict[str, str]]]:
+    conf = one(objects, "ConfigMap", "fluent-bit-config")["data"]["fluent-bit.conf"]
+    sections: list[tuple[str, dict[str, str]]] = []
+    for line in conf.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            sections.append((line[1:-1], {}))
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            sections[-1][1][key] = value.strip()
+    return sections
+
+
+def test_fluent_bit_tails_the_airflow_and_runner_namespaces(objects) -> None:
+    platform = yaml.safe_load(PLATFORM_VALUES.read_text())
+    inputs = {s["Tag"]: s["Path"] for name, s in fluent_bit_sections(objects) if name == "INPUT"}
+    assert inputs == {
+        "kube.airflow.*": f"/var/log/containers/*_{platform['airflow']['namespace']}_*.log",
+        "kube.runner.*": f"/var/log/containers/*_{platform['runner']['namespace']}_*.log",
+    }
+    # every tag that is read is also enriched and shipped
+    sections = fluent_bit_sections(objects)
+    for tag in inputs:
+        assert any(n == "FILTER" and s["Match"] == tag for n, s in sections), tag
+        assert any(n == "OUTPUT" and s["Match"] == tag for n, s in sections), tag
+
+
+def test_fluent_bit_writes_only_into_log_groups_terraform_creates(objects) -> None:
+    if not TF_LOG_GROUPS.exists():
+        pytest.skip(f"{TF_LOG_GROUPS} not written yet")
+    block = TF_LOG_GROUPS.read_text().split('variable "log_groups"', 1)[1].split("}", 1)[0]
+    created = set(re.findall(r'"([a-z/-]+)"', block.split("default", 1)[1]))
+    outputs = [s for n, s in fluent_bit_sections(objects) if n == "OUTPUT"]
+    groups = set()
+    for out in outputs:
+        assert out["auto_create_group"] == "false"  # groups are KMS-encrypted by terraform
+        template = out.get("log_group_template", out["log_group_name"])
+        if "$kubernetes['labels']['component']" in template:
+            groups |= {template.split("$")[0] + c for c in AIRFLOW_COMPONENTS}
+        else:
+            groups.add(template)
+    prefix = "/helical/helical-prod/"
+    assert all(g.startswith(prefix) for g in groups), groups
+    assert {g.removeprefix(prefix) for g in groups} <= created
