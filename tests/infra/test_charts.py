@@ -167,6 +167,25 @@ def test_chart_refuses_to_render_without_the_runner_role(helm: Path) -> None:
     assert "runner.serviceAccount.roleArn is required" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("runner.namspace=x", "Additional property namspace is not allowed"),
+        ("pools.gpuTypes.nvidia-a10g.slots=0", "Must be greater than or equal to 1"),
+        ("networkPolicy.httpsEgressCidrs[0]=10.0.0.0", "Does not match pattern"),
+    ],
+)
+def test_values_schema_rejects_typos_and_nonsense(helm: Path, setting: str, complaint: str) -> None:
+    result = subprocess.run(
+        [str(helm), "template", "x", str(PLATFORM_CHART), "--set", setting],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
 def test_launcher_rbac_is_limited_to_pods_in_the_runner_namespace(rendered: list[dict]) -> None:
     assert not find(rendered, "ClusterRole") and not find(rendered, "ClusterRoleBinding")
     (role,) = find(rendered, "Role")
