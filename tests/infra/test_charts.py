@@ -397,6 +397,29 @@ def test_api_server_sits_behind_an_internal_load_balancer() -> None:
     assert "0.0.0.0/0" not in service.get("loadBalancerSourceRanges", ["0.0.0.0/0"])
 
 
+def test_chart_network_policies_admit_keda_and_the_metrics_agent() -> None:
+    v = airflow_values("prod")
+    assert v["networkPolicies"]["enabled"] is True
+    # KEDA (own namespace) must reach PgBouncer to read the queue length.
+    assert v["workers"]["keda"]["namespaceLabels"] == {"kubernetes.io/metadata.name": "keda"}
+    # The Prometheus agent of k8s/monitoring must reach the StatsD exporter.
+    agent_file = ROOT / "k8s" / "monitoring" / "prometheus-agent.yaml"
+    agent = next(
+        d for d in yaml.safe_load_all(agent_file.read_text()) if d and d["kind"] == "Deployment"
+    )
+    (peer,) = v["statsd"]["extraNetworkPolicies"]
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": agent["metadata"]["namespace"]
+    }
+    assert (
+        peer["podSelector"]["matchLabels"].items()
+        <= agent["spec"]["template"]["metadata"]["labels"].items()
+    )
+    # Only the VPC (where the NLB's addresses live) reaches the api-server pods.
+    (source,) = v["apiServer"]["networkPolicy"]["ingress"]["from"]
+    assert source["ipBlock"]["cidr"] in v["apiServer"]["service"]["loadBalancerSourceRanges"]
+
+
 def env_value(values: dict, name: str) -> str:
     (value,) = [e["value"] for e in values["env"] if e["name"] == name]
     return value
