@@ -343,6 +343,7 @@ def test_airflow_runs_celery_with_keda_scale_to_zero_on_external_rds_and_redis()
     for key in ("fernetKey", "jwtSecret", "apiSecretKey", "webserverSecretKey"):
         assert key not in v
     assert v["apiServer"]["defaultUser"]["enabled"] is False
+    assert v["webserver"]["defaultUser"]["enabled"] is False  # older templates read this one
 
 
 def test_worker_grace_period_outlasts_the_longest_runner_job() -> None:
