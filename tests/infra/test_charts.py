@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".tools" / "bin" / "helm"
 PLATFORM_CHART = ROOT / "charts" / "helical-platform"
 AIRFLOW_VALUES_DIR = ROOT / "charts" / "airflow"
-AIRFLOW_SCHEMA = ROOT.parent / "shared" / "airflow-chart" / "values.schema.json"
+# The official chart's values schema (apache/airflow chart/values.schema.json, 1.18 era),
+# kept beside the repository in shared/airflow-chart/; override the path with
+# HELICAL_AIRFLOW_CHART_SCHEMA where the checkout lives elsewhere.
+AIRFLOW_SCHEMA = Path(
+    os.environ.get(
+        "HELICAL_AIRFLOW_CHART_SCHEMA",
+        ROOT.parent / "shared" / "airflow-chart" / "values.schema.json",
+    )
+)
 PROFILES_DIR = ROOT / "runners" / "helical-runner" / "src" / "helical_runner" / "profiles"
 STATSD_MAPPING = ROOT / "observability" / "statsd" / "mapping.yml"
 CHECKOV = ROOT / ".venvs" / "checkov" / "bin" / "checkov"
@@ -98,7 +107,10 @@ def airflow_values(env: str | None = None) -> dict:
 @pytest.fixture(scope="session")
 def airflow_schema() -> dict:
     if not AIRFLOW_SCHEMA.exists():
-        pytest.fail(f"official chart schema missing at {AIRFLOW_SCHEMA} (see shared/airflow-chart)")
+        pytest.fail(
+            f"official chart schema missing at {AIRFLOW_SCHEMA}: point HELICAL_AIRFLOW_CHART_SCHEMA "
+            "at the apache-airflow chart's values.schema.json"
+        )
     return json.loads(AIRFLOW_SCHEMA.read_text())
 
 
