@@ -187,3 +187,16 @@ def test_build_context_holds_only_what_the_dockerfiles_copy() -> None:
                 for src in sources:
                     assert src in allowed, f"{path.name}: COPY {src} is excluded by .dockerignore"
                     assert (RUNNER_DIR / src).exists(), f"{path.name}: COPY {src} does not exist"
+
+
+def test_cpu_image_installs_runtime_requirements_without_test_tools() -> None:
+    """The CPU build drops runner.txt's '# tests' section with sed: check that cut still works."""
+    dockerfile = DOCKERFILES["cpu"].read_text()
+    assert "sed '/^# tests/,$d'" in dockerfile
+    lines = (ROOT / "requirements" / "runner.txt").read_text().splitlines()
+    cut = next((i for i, line in enumerate(lines) if line.startswith("# tests")), len(lines))
+    runtime = {re.split(r"[<>=\[ ]", line)[0] for line in lines[:cut] if line and line[0] != "#"}
+    dropped = {re.split(r"[<>=\[ ]", line)[0] for line in lines[cut:] if line and line[0] != "#"}
+    assert {"anndata", "h5py", "boto3", "transformers"} <= runtime
+    assert not runtime & {"pytest", "moto", "ruff"}, "test tools would ship in the image"
+    assert not dropped - {"pytest", "moto", "ruff"}, f"runtime deps cut off: {dropped}"
