@@ -186,7 +186,7 @@ def cmd_validate(args) -> int:
     from .adapters import adapter_class
     from .dataset import H5AD
     from .profiles import load
-    from .storage import LocalInput
+    from .storage import LocalInput, sha256_file
     from .validation import validate
 
     adapter = None
@@ -196,10 +196,16 @@ def cmd_validate(args) -> int:
         adapter = cls(load(cls.name), device="cpu", precision="fp32")
         if model_store:
             store.fetch(model_store, files=adapter.artifact_files())
-    with H5AD(LocalInput(args.input).path(), uri=args.input) as h5:
+    local = LocalInput(args.input).path()
+    with H5AD(local, uri=args.input) as h5:
         report, _, _ = validate(h5, adapter=adapter, cache=store.helical_cache_dir())
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        payload = report.to_json()
+        if report.ok:
+            # lets the orchestrator hand it to every shard (--input-sha256) instead of rehashing
+            payload["sha256"] = sha256_file(local)
+        # one line: batch systems (DockerOperator's XCom) keep the last line of stdout
+        print(json.dumps(payload))
     else:
         print(report.summary())
     if not report.ok:

@@ -372,6 +372,7 @@ def embed(req: EmbedRequest) -> dict:
             )
             return manifest
         finally:
+            adapter.close()
             shutil.rmtree(workdir, ignore_errors=True)
 
 

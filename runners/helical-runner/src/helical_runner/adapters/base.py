@@ -67,6 +67,9 @@ class Adapter(abc.ABC):
         self.infer_s += time.perf_counter() - mid
         return embeddings
 
+    def close(self) -> None:
+        """Release scratch space; the adapter is not used afterwards."""
+
     # -- shared helpers ---------------------------------------------------
 
     def autocast(self):

@@ -6,6 +6,7 @@ lazily while embedding, so each chunk runs inside a private scratch folder.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,11 @@ class UCEAdapter(Adapter):
         with working_directory(self._scratch):
             self.model = UCE(configurer=config)
         self.model.model.forward = self.timed(self.model.model.forward)
+
+    def close(self) -> None:
+        scratch = getattr(self, "_scratch", None)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def prepare(self, chunk):
         chunk.var_names = chunk.var_names.astype(str).str.upper()
