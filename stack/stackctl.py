@@ -415,6 +415,8 @@ def airflow_env(stack: Stack, sec: dict) -> dict[str, str]:
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(stack.worker_concurrency),
         # A task whose worker died is redelivered after this many seconds (default 24 h).
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "900",
+        # Task-instance state gauges every 10 s (default 30 s misses short runs).
+        "AIRFLOW__SCHEDULER__TI_METRICS_INTERVAL": "10",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(p["api"]),
         "AIRFLOW__API__SECRET_KEY": sec["api_secret_key"],

@@ -130,9 +130,10 @@ def workflow_overview() -> dict:
         panel("timeseries", "Task duration p95", [target(
               'histogram_quantile(0.95, sum by (le, task_id) (increase(airflow_task_duration_seconds_bucket{dag_id=~"$dag_id"}[$__range])))',
               "{{task_id}}")], unit="s", desc="95th percentile run time per task over the range."),
-        panel("timeseries", "Time tasks wait in the queue (p95)", [target(
-              'histogram_quantile(0.95, sum by (le, task_id) (increase(airflow_task_queued_duration_seconds_bucket{dag_id=~"$dag_id"}[$__range])))',
-              "{{task_id}}")], unit="s", desc="Queued -> running: grows when workers are short."),
+        panel("timeseries", "Scheduling delay p95 (scheduled -> queued)", [target(
+              'histogram_quantile(0.95, sum by (le, task_id) (increase(airflow_task_scheduled_duration_seconds_bucket{dag_id=~"$dag_id"}[$__range])))',
+              "{{task_id}}")], unit="s",
+              desc="Time a ready task waits for a pool slot or concurrency limit. (Airflow 3 sends no queued -> running timing.)"),
     ]  # fmt: skip
     variables = [
         var_query("dag_id", "DAG", "label_values(airflow_dagrun_duration_seconds_count, dag_id)")
