@@ -58,6 +58,8 @@ def config(env_file) -> dict:
 
 def test_generated_env_file_is_private_and_complete(env_file):
     assert env_file.stat().st_mode & 0o077 == 0
+    passwords = env_file.parent / "airflow-passwords.json"
+    assert passwords.stat().st_mode & 0o077 == 0
     text = env_file.read_text()
     for key in (
         "POSTGRES_PASSWORD",
@@ -108,7 +110,7 @@ def test_every_bind_mount_from_the_repo_exists(config):
     for name, service in config["services"].items():
         for volume in service.get("volumes", []):
             source = volume.get("source", "")
-            if volume["type"] == "bind" and source.startswith(str(REPO)) and "/data" not in source:
+            if volume["type"] == "bind" and source.startswith(str(REPO)):
                 assert Path(source).exists(), f"{name}: {source} missing"
 
 
