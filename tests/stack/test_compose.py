@@ -37,10 +37,12 @@ def compose_binary() -> str:
 
 @pytest.fixture(scope="module")
 def env_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("compose") / "test.env"
+    folder = tmp_path_factory.mktemp("compose")
+    path = folder / "test.env"
     proc = subprocess.run(
-        [str(REPO / "stack" / "compose-env.sh"), str(path)], capture_output=True, text=True
-    )
+        [str(REPO / "stack" / "compose-env.sh"), str(path)],
+        capture_output=True, text=True, env={**ENV, "HELICAL_COMPOSE_STATE": str(folder)},
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return path
 
