@@ -38,14 +38,14 @@ pip_in() { local name="$1"; shift; "$VENVS/$name/bin/python" -m pip install -q "
 finish() { local name="$1"; shift; stamp_of "$@" > "$VENVS/$name/.stamp"; log "$name ready"; }
 
 env_runner() {
-  local files=("$REQ/runner.txt" "$ROOT/runners/helical-runner/pyproject.toml")
+  local files=("$REQ/runner.txt" "$REQ/runner-dev.txt" "$ROOT/runners/helical-runner/pyproject.toml")
   needs_build runner "${files[@]}" || { log "runner up to date"; return; }
   log "building runner env (torch CPU + helical, no deps resolution for helical)"
   new_venv runner
   # torch first: 2.13.0 is the CPU build on this machine's local find-links.
   pip_in runner "torch==2.13.0"
   # helical pins torch/python exactly; its code runs on 3.11 + torch 2.13.
-  pip_in runner -c "$REQ/runner-constraints.txt" -r "$REQ/runner.txt"
+  pip_in runner -c "$REQ/runner-constraints.txt" -r "$REQ/runner.txt" -r "$REQ/runner-dev.txt"
   pip_in runner --no-deps --ignore-requires-python "helical==3.1.4"
   pip_in runner -c "$REQ/runner-constraints.txt" --no-deps -e "$ROOT/runners/helical-runner"
   "$VENVS/runner/bin/python" -c "import torch, helical, helical_runner" || { log "runner env broken"; exit 1; }
