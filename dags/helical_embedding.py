@@ -1,0 +1,283 @@
+"""
+# helical_embedding
+
+Embed single-cell datasets (`.h5ad`) with Helical foundation models.
+
+**Params**: `datasets` (files, folders or `s3://` prefixes), `models`
+(`geneformer`, `scgpt`, `uce`), `output_root`, `profile_overrides`
+(model -> profile fields, e.g. `{"geneformer": {"cells_per_shard": 500}}`),
+`label_key` (obs column for the report, default `cell_type`).
+
+**Steps**: resolve the inputs -> validate each dataset (bad input fails at
+once, no retries) -> plan shards from each model's resource profile -> embed
+every dataset x model x shard (one mapped task per shard, in the pool of the
+profile's GPU type) -> merge shards into one output per dataset and model ->
+report (kNN label transfer and silhouette vs a PCA baseline, UMAPs, HTML) ->
+provenance record.
+
+**Outputs** under `<output_root>/<run id>/`: `<dataset>/embeddings/<model>.h5ad`
+(+ `.manifest.json`), `<dataset>/report/report.html`, `provenance.json`.
+Each merged output is an event of the `helical_embeddings` asset (its `extra`
+says which dataset, model and URI), so downstream DAGs can run on new
+embeddings.
+
+**Backend**: env `HELICAL_BACKEND` = `local` (subprocess, default), `docker`
+or `kubernetes`. See `docs/workflow.md`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+# Airflow 3 parses DAG bundles without putting the bundle on sys.path; the
+# logic package lives beside this file, so make it importable wherever the
+# file is parsed or run (dag processor, Celery worker, pod, pytest).
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from helical_workflow import inputs, plan, profiles, provenance, runner
+from helical_workflow.backend import run_runner
+
+# One asset for all embeddings: output URIs depend on the run, so per-URI assets
+# could not be declared when the DAG is parsed; each event's extra names the output.
+EMBEDDINGS = Asset(name="helical_embeddings", uri="helical://embeddings")
+REPORTS = Asset(name="helical_reports", uri="helical://reports")
+
+OUTPUT_ROOT = os.environ.get("HELICAL_OUTPUT_ROOT") or str(profiles.REPO_ROOT / "runs")
+DEMO_DATA = str(profiles.REPO_ROOT / "runs" / "demo-data")
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("HELICAL_RETRY_DELAY_S", "30")))
+
+
+def _dag_params() -> dict:
+    return {
+        "datasets": Param(
+            [DEMO_DATA], type="array", description=".h5ad files, folders or s3:// prefixes"
+        ),
+        "models": Param(
+            ["geneformer"], type="array", description=f"any of {profiles.available_models()}"
+        ),
+        "output_root": Param(
+            OUTPUT_ROOT, type="string", description="folder or s3:// prefix for outputs"
+        ),
+        "profile_overrides": Param(
+            {},
+            type="object",
+            description='model -> profile fields, e.g. {"geneformer": {"cells_per_shard": 500}}',
+        ),
+        "label_key": Param("cell_type", type="string", description="obs column with cell labels"),
+    }
+
+
+@dag(
+    dag_id="helical_embedding",
+    schedule=None,
+    catchup=False,
+    doc_md=__doc__,
+    tags=["helical", "embeddings"],
+    params=_dag_params(),
+    default_args={
+        # Only transient failures reach these retries: bad input and bugs raise
+        # AirflowFailException (helical_workflow.runner.raise_for_exit).
+        "retries": 3,
+        "retry_delay": RETRY_DELAY,
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=15),
+    },
+    render_template_as_native_obj=True,
+)
+def helical_embedding():
+    @task(multiple_outputs=True)
+    def resolve(params=None, run_id=None) -> dict:
+        """Expand folders/prefixes into files; check models and overrides before any work."""
+        try:
+            uris = inputs.expand_datasets(params["datasets"])
+            overrides = params.get("profile_overrides") or {}
+            models = list(dict.fromkeys(params["models"]))
+            if not models:
+                raise profiles.ProfileError("no models given: set the 'models' parameter")
+            for model in models:
+                profile = profiles.load_profile(model, overrides.get(model))
+                if profiles.pool_name(profile) not in profiles.known_pools():
+                    raise profiles.ProfileError(
+                        f"{model}: no Airflow pool for {profiles.pool_name(profile)} "
+                        f"(pools: {profiles.known_pools()}); add a profile using that GPU type"
+                    )
+            unused = sorted(set(overrides) - set(models))
+            if unused:
+                raise profiles.ProfileError(f"profile_overrides for models not requested: {unused}")
+        except (inputs.InputError, profiles.ProfileError) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        names = inputs.dataset_names(uris)
+        return {
+            "datasets": [{"uri": u, "name": names[u]} for u in uris],
+            "models": models,
+            "overrides": overrides,
+            "run_root": plan.join(params["output_root"], plan.safe_run_id(run_id)),
+        }
+
+    @task(map_index_template="{{ dataset['name'] }}")
+    def validate(dataset: dict) -> dict:
+        """`helical-runner validate`: fail fast, with the runner's reason, before any GPU time."""
+        report = run_runner(
+            runner.validate_args(dataset["uri"]),
+            what=f"validate {dataset['uri']}",
+            context=get_current_context(),
+            want_json=True,
+            local_paths=[dataset["uri"]],
+        )
+        return {
+            **dataset,
+            **{
+                k: report.get(k)
+                for k in ("n_cells", "n_genes", "label_columns", "counts_location", "matrix_format")
+            },
+        }
+
+    @task(multiple_outputs=True, trigger_rule="all_done")
+    def plan_shards(resolved: dict, validated: list) -> dict:
+        """Shards sized from each profile's cells_per_shard, grouped by pool.
+
+        Runs even when some validations failed: the datasets that passed go on.
+        """
+        good = [v for v in (validated or []) if v]
+        if not good:
+            raise AirflowFailException("no dataset passed validation: see the validate task logs")
+        planned = plan.plan_run(
+            validated=good,
+            models=resolved["models"],
+            overrides=resolved["overrides"],
+            run_root=resolved["run_root"],
+        )
+        out = {f"shards:{pool}": planned["shards"].get(pool, []) for pool in profiles.known_pools()}
+        out["merges"] = planned["merges"]
+        out["reports"] = [
+            {
+                "dataset": v["uri"],
+                "dataset_name": v["name"],
+                "embeddings": [m["output"] for m in planned["merges"] if m["dataset"] == v["uri"]],
+                "output_dir": plan.join(resolved["run_root"], v["name"], "report"),
+            }
+            for v in good
+        ]
+        return out
+
+    @task(
+        map_index_template="{{ shard['dataset_name'] }}/{{ shard['model'] }}/{{ shard['start'] }}:{{ shard['stop'] }}"
+    )
+    def embed(shard: dict) -> dict:
+        """One `helical-runner embed --cells START:STOP` (resumable and idempotent on its side)."""
+        ctx = get_current_context()
+        ti = ctx["ti"]
+        labels = runner.run_labels(
+            dag_id=ti.dag_id,
+            task_id=ti.task_id,
+            run_id=ti.run_id,
+            shard=f"{shard['start']}:{shard['stop']}",
+        )
+        run_runner(
+            runner.embed_args(shard, labels=labels),
+            what=f"embed {shard['dataset_name']}/{shard['model']} cells {shard['start']}:{shard['stop']}",
+            context=ctx,
+            profile=profiles.load_profile(shard["model"], shard.get("overrides")),
+            timeout_s=shard["timeout_minutes"] * 60,
+            local_paths=[shard["dataset"]],
+            output_root=shard["output"].rsplit("/", 4)[0],
+        )
+        return {k: shard[k] for k in ("dataset", "model", "start", "stop", "output")}
+
+    @task(
+        trigger_rule="none_failed",
+        outlets=[EMBEDDINGS],
+        map_index_template="{{ merge['dataset_name'] }}/{{ merge['model'] }}",
+    )
+    def merge(merge: dict) -> dict:
+        """Shards -> one output per dataset and model, streamed by the runner (bounded memory)."""
+        ctx = get_current_context()
+        run_runner(
+            runner.merge_args(merge),
+            what=f"merge {merge['dataset_name']}/{merge['model']}",
+            context=ctx,
+            local_paths=[merge["dataset"]],
+            output_root=merge["output"].rsplit("/", 3)[0],
+        )
+        result = {k: merge[k] for k in ("dataset", "dataset_name", "model", "output")}
+        result["manifest"] = merge["output"] + ".manifest.json"
+        ctx["outlet_events"][EMBEDDINGS].extra = result
+        return result
+
+    @task(outlets=[REPORTS], map_index_template="{{ job['dataset_name'] }}")
+    def report(job: dict, params=None) -> dict:
+        """kNN label transfer + silhouette vs a PCA baseline, UMAPs, `report.html`."""
+        ctx = get_current_context()
+        run_runner(
+            runner.report_args(
+                dataset=job["dataset"],
+                embeddings=job["embeddings"],
+                output_dir=job["output_dir"],
+                label_key=params["label_key"],
+            ),
+            what=f"report {job['dataset_name']}",
+            context=ctx,
+            local_paths=[job["dataset"]],
+            output_root=job["output_dir"].rsplit("/", 2)[0],
+        )
+        result = {**job, "html": plan.join(job["output_dir"], "report.html")}
+        ctx["outlet_events"][REPORTS].extra = {"dataset": job["dataset"], "html": result["html"]}
+        return result
+
+    @task(trigger_rule="all_done")
+    def record_provenance(
+        resolved: dict,
+        validated: list,
+        merged: list,
+        reports: list,
+        params=None,
+        run_id=None,
+        dag=None,
+    ) -> str:
+        """`provenance.json`: params, every dataset's validation, outputs, manifests, reports."""
+        record = provenance.build_record(
+            dag_id=dag.dag_id,
+            run_id=run_id,
+            params=dict(params),
+            datasets=resolved["datasets"],
+            validated=[v for v in (validated or []) if v],
+            merged=[m for m in (merged or []) if m],
+            reports=[r for r in (reports or []) if r],
+        )
+        return provenance.write_record(record, resolved["run_root"])
+
+    resolved = resolve()
+    validated = validate.expand(dataset=resolved["datasets"])
+    planned = plan_shards(resolved, validated)
+    embedded = []
+    for pool in profiles.known_pools():
+        # Pools are fixed when the DAG is parsed, so each GPU type gets its own task;
+        # its timeout is the longest profile's (the backend enforces each shard's own).
+        longest = max(
+            profiles.load_profile(m)["timeout_minutes"]
+            for m in profiles.available_models()
+            if profiles.pool_name(profiles.load_profile(m)) == pool
+        )
+        embedded.append(
+            embed.override(
+                task_id=f"embed_{pool.replace('-', '_')}",
+                pool=pool,
+                execution_timeout=timedelta(minutes=longest + 10),
+            ).expand(shard=planned[f"shards:{pool}"])
+        )
+    merged = merge.expand(merge=planned["merges"])
+    embedded >> merged
+    reports = report.expand(job=planned["reports"])
+    merged >> reports
+    record_provenance(resolved, validated, merged, reports)
+
+
+helical_embedding()

@@ -1,0 +1,125 @@
+"""``helical-runner`` command lines and what their exit codes mean for Airflow.
+
+The DAG never imports the runner: it builds argument lists here and every
+backend (subprocess, Docker, Kubernetes pod) executes them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from . import profiles
+
+RUNNER_BIN_ENV = "HELICAL_RUNNER_BIN"
+DEFAULT_RUNNER_BIN = profiles.REPO_ROOT / ".venvs/runner/bin/helical-runner"
+# Handed to the runner in every backend (docs/contracts.md).
+PASSTHROUGH_ENV = (
+    "HELICAL_RUNNER_MODEL_STORE",
+    "HELICAL_RUNNER_PUSHGATEWAY",
+    "HELICAL_RUNNER_S3_ENDPOINT_URL",
+    "HELICAL_RUNNER_LOG_FORMAT",
+)
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_BAD_INPUT = 2
+EXIT_TRANSIENT = 75
+# 137 = 128 + SIGKILL as a container reports it; -9 as Python's subprocess does.
+EXIT_KILLED = (137, -9)
+
+
+class RunnerTransientError(Exception):
+    """The runner failed in a way worth retrying (Airflow's retries + backoff apply)."""
+
+
+def runner_bin() -> str:
+    """The local backend's runner executable (env ``HELICAL_RUNNER_BIN`` wins)."""
+    return os.environ.get(RUNNER_BIN_ENV) or str(DEFAULT_RUNNER_BIN)
+
+
+def passthrough_env() -> dict[str, str]:
+    """The runner settings of this worker's environment that must reach the runner."""
+    return {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
+
+
+def run_labels(*, dag_id: str, task_id: str, run_id: str, shard: str) -> list[str]:
+    """``--run-label`` flags: metrics and manifests say which task produced them."""
+    labels = {"dag_id": dag_id, "task_id": task_id, "run_id": run_id, "shard": shard}
+    return [arg for k, v in labels.items() for arg in ("--run-label", f"{k}={v}")]
+
+
+def validate_args(dataset: str) -> list[str]:
+    return ["validate", "--input", dataset, "--json"]
+
+
+def embed_args(shard: dict[str, Any], *, labels: list[str]) -> list[str]:
+    """Arguments of one shard's embed (see :func:`helical_workflow.plan.plan_run`)."""
+    args = [
+        "embed",
+        "--input",
+        shard["dataset"],
+        "--model",
+        shard["model"],
+        "--output",
+        shard["output"],
+        "--cells",
+        f"{shard['start']}:{shard['stop']}",
+    ]
+    if shard.get("sha256"):
+        # validate already hashed the input: no shard re-reads a whole file to hash it
+        args += ["--input-sha256", shard["sha256"]]
+    return [*args, *profiles.runner_overrides(shard.get("overrides") or {}), *labels]
+
+
+def merge_args(merge: dict[str, Any]) -> list[str]:
+    return ["merge", "--output", merge["output"], *merge["shards"]]
+
+
+def report_args(
+    *, dataset: str, embeddings: list[str], output_dir: str, label_key: str
+) -> list[str]:
+    return [
+        "report",
+        "--dataset",
+        dataset,
+        "--embeddings",
+        *embeddings,
+        "--output",
+        output_dir,
+        "--label-key",
+        label_key,
+    ]
+
+
+def is_transient(code: int) -> bool:
+    return code == EXIT_TRANSIENT or code in EXIT_KILLED
+
+
+def raise_for_exit(code: int, *, what: str, message: str = "") -> None:
+    """Turn a runner exit code into Airflow's retry semantics.
+
+    0 returns; 75 and kills raise :class:`RunnerTransientError` (retried with
+    backoff); 2 (bad input) and 1 (a bug) raise ``AirflowFailException`` so the
+    task fails at once: retrying cannot fix a corrupt file or a bug.
+    """
+    if code == EXIT_OK:
+        return
+    detail = f": {message}" if message else ""
+    if is_transient(code):
+        raise RunnerTransientError(
+            f"{what}: transient runner failure (exit {code}), will retry{detail}"
+        )
+    kind = "bad input or configuration" if code == EXIT_BAD_INPUT else "runner error"
+    raise AirflowFailException(f"{what}: {kind} (exit {code}), not retried{detail}")
+
+
+def data_folder(uris: list[str]) -> Path | None:
+    """The deepest local folder holding every local URI (what containers mount), or None."""
+    local = [Path(u).resolve() for u in uris if not u.startswith("s3://")]
+    if not local:
+        return None
+    return Path(os.path.commonpath([str(p.parent) for p in local]))
