@@ -93,7 +93,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
   rule {
     id     = "archive-and-clean-up"
     status = "Enabled"
-    filter {}
+    filter {
+      prefix = "" # every object; spelled out so S3 echoes the rule back as sent
+    }
 
     dynamic "transition" {
       for_each = each.value.transitions
@@ -128,4 +130,7 @@ resource "aws_s3_bucket_logging" "this" {
   bucket        = aws_s3_bucket.this[each.key].id
   target_bucket = aws_s3_bucket.this["access-logs"].id
   target_prefix = "${each.key}/"
+
+  # S3 checks that the target's policy admits log delivery before it accepts.
+  depends_on = [aws_s3_bucket_policy.this]
 }

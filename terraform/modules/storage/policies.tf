@@ -57,7 +57,7 @@ resource "aws_s3_bucket_policy" "this" {
       [{
         Sid       = "DenyInsecureTransport"
         Effect    = "Deny"
-        Principal = "*"
+        Principal = { AWS = "*" } # same as "*"; moto's log-delivery check chokes on a bare string
         Action    = "s3:*"
         Resource  = [aws_s3_bucket.this[each.key].arn, "${aws_s3_bucket.this[each.key].arn}/*"]
         Condition = { Bool = { "aws:SecureTransport" = "false" } }

@@ -56,7 +56,7 @@ run "every_bucket_is_hardened" {
     condition = alltrue([for k, p in aws_s3_bucket_policy.this : anytrue([
       # HCL's && does not short-circuit: the conditional guards the lookups.
       for s in jsondecode(p.policy).Statement : s.Effect != "Deny" ? false : (
-        s.Principal == "*" && s.Action == "s3:*" &&
+        s.Principal == { AWS = "*" } && s.Action == "s3:*" &&
         s.Condition.Bool["aws:SecureTransport"] == "false" &&
         contains(s.Resource, aws_s3_bucket.this[k].arn) && contains(s.Resource, "${aws_s3_bucket.this[k].arn}/*")
       )
@@ -71,7 +71,7 @@ run "every_bucket_is_hardened" {
 
   assert {
     condition = alltrue([for k, p in aws_s3_bucket_policy.this : alltrue([
-      for s in jsondecode(p.policy).Statement : s.Effect == "Deny" || s.Principal != "*"
+      for s in jsondecode(p.policy).Statement : s.Effect == "Deny" ? true : (s.Principal != "*" && s.Principal != { AWS = "*" })
     ])])
     error_message = "no bucket policy may allow anonymous principals"
   }
