@@ -440,25 +440,22 @@ def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_b
 
 def _write_output(out, obs, chunks, parts, dim, model, manifest, workdir) -> None:
     """Assemble parts into the final file; it appears at ``out`` whole or not at all."""
-    blocks = (parts.load(lo, hi) for lo, hi in chunks)
-    if out.is_s3:
-        local = workdir / "output.h5ad"
+
+    def write(path: Path) -> None:
+        blocks = (parts.load(lo, hi) for lo, hi in chunks)
         output.write_embeddings(
-            local,
+            path,
             obs=obs,
             key=output.embedding_key(model),
             dim=dim,
             blocks=blocks,
             provenance=manifest,
         )
+
+    if out.is_s3:
+        local = workdir / "output.h5ad"
+        write(local)
         storage.put_file(local, out)
         return
     with storage.atomic_local_file(out.path) as tmp:
-        output.write_embeddings(
-            tmp,
-            obs=obs,
-            key=output.embedding_key(model),
-            dim=dim,
-            blocks=blocks,
-            provenance=manifest,
-        )
+        write(tmp)

@@ -67,7 +67,7 @@ class Adapter(abc.ABC):
         self.infer_s += time.perf_counter() - mid
         return embeddings
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most adapters hold nothing to release
         """Release scratch space; the adapter is not used afterwards."""
 
     # -- shared helpers ---------------------------------------------------
