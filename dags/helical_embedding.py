@@ -39,11 +39,11 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Asset, Param, dag, get_current_context, task  # noqa: E402 (after the sys.path fix)
+from airflow.sdk.exceptions import AirflowFailException  # noqa: E402 (after the sys.path fix)
 
-from helical_workflow import inputs, plan, profiles, provenance, runner
-from helical_workflow.backend import run_runner
+from helical_workflow import inputs, plan, profiles, provenance, runner  # noqa: E402 (after the sys.path fix)
+from helical_workflow.backend import run_runner  # noqa: E402 (after the sys.path fix)
 
 # One asset for all embeddings: output URIs depend on the run, so per-URI assets
 # could not be declared when the DAG is parsed; each event's extra names the output.
@@ -53,6 +53,32 @@ REPORTS = Asset(name="helical_reports", uri="helical://reports")
 OUTPUT_ROOT = os.environ.get("HELICAL_OUTPUT_ROOT") or str(profiles.REPO_ROOT / "runs")
 DEMO_DATA = str(profiles.REPO_ROOT / "runs" / "demo-data")
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("HELICAL_RETRY_DELAY_S", "30")))
+
+
+def _models_and_overrides(params) -> tuple[list[str], dict]:
+    """Requested models (deduplicated, in order) and their profile overrides, checked."""
+    models = list(dict.fromkeys(params["models"]))
+    if not models:
+        raise profiles.ProfileError("no models given: set the 'models' parameter")
+    overrides = params.get("profile_overrides") or {}
+    unused = sorted(set(overrides) - set(models))
+    if unused:
+        raise profiles.ProfileError(f"profile_overrides for models not requested: {unused}")
+    return models, overrides
+
+
+def _task_suffix(pool: str) -> str:
+    return pool.replace("-", "_")
+
+
+def _longest_timeout(pool: str) -> int:
+    """Pools are fixed at parse time, so each GPU type gets its own embed task; its
+    Airflow timeout is the longest profile's (the backend enforces each shard's own)."""
+    return max(
+        p["timeout_minutes"]
+        for p in map(profiles.load_profile, profiles.available_models())
+        if profiles.pool_name(p) == pool
+    )
 
 
 def _dag_params() -> dict:
@@ -93,15 +119,12 @@ def _dag_params() -> dict:
     render_template_as_native_obj=True,
 )
 def helical_embedding():
-    @task(multiple_outputs=True)
-    def resolve(params=None, run_id=None) -> dict:
+    @task
+    def resolve(params=None) -> list[dict]:
         """Expand folders/prefixes into files; check models and overrides before any work."""
         try:
             uris = inputs.expand_datasets(params["datasets"])
-            overrides = params.get("profile_overrides") or {}
-            models = list(dict.fromkeys(params["models"]))
-            if not models:
-                raise profiles.ProfileError("no models given: set the 'models' parameter")
+            models, overrides = _models_and_overrides(params)
             for model in models:
                 profile = profiles.load_profile(model, overrides.get(model))
                 if profiles.pool_name(profile) not in profiles.known_pools():
@@ -109,18 +132,10 @@ def helical_embedding():
                         f"{model}: no Airflow pool for {profiles.pool_name(profile)} "
                         f"(pools: {profiles.known_pools()}); add a profile using that GPU type"
                     )
-            unused = sorted(set(overrides) - set(models))
-            if unused:
-                raise profiles.ProfileError(f"profile_overrides for models not requested: {unused}")
         except (inputs.InputError, profiles.ProfileError) as exc:
             raise AirflowFailException(str(exc)) from exc
         names = inputs.dataset_names(uris)
-        return {
-            "datasets": [{"uri": u, "name": names[u]} for u in uris],
-            "models": models,
-            "overrides": overrides,
-            "run_root": plan.join(params["output_root"], plan.safe_run_id(run_id)),
-        }
+        return [{"uri": u, "name": names[u]} for u in uris]
 
     @task(map_index_template="{{ dataset['name'] }}")
     def validate(dataset: dict) -> dict:
@@ -136,37 +151,49 @@ def helical_embedding():
             **dataset,
             **{
                 k: report.get(k)
-                for k in ("n_cells", "n_genes", "label_columns", "counts_location", "matrix_format")
+                for k in (
+                    "n_cells",
+                    "n_genes",
+                    "label_columns",
+                    "counts_location",
+                    "matrix_format",
+                    "sha256",
+                )
             },
         }
 
-    @task(multiple_outputs=True, trigger_rule="all_done")
-    def plan_shards(resolved: dict, validated: list) -> dict:
-        """Shards sized from each profile's cells_per_shard, grouped by pool.
+    @task(trigger_rule="all_done")
+    def plan_shards(validated: list, params=None, run_id=None) -> dict:
+        """Shards sized from each profile's cells_per_shard, grouped by pool; merges; reports.
 
         Runs even when some validations failed: the datasets that passed go on.
         """
         good = [v for v in (validated or []) if v]
         if not good:
             raise AirflowFailException("no dataset passed validation: see the validate task logs")
+        models, overrides = _models_and_overrides(params)
+        run_root = plan.join(params["output_root"], plan.safe_run_id(run_id))
         planned = plan.plan_run(
-            validated=good,
-            models=resolved["models"],
-            overrides=resolved["overrides"],
-            run_root=resolved["run_root"],
+            validated=good, models=models, overrides=overrides, run_root=run_root
         )
-        out = {f"shards:{pool}": planned["shards"].get(pool, []) for pool in profiles.known_pools()}
+        out = {pool: planned["shards"].get(pool, []) for pool in profiles.known_pools()}
         out["merges"] = planned["merges"]
         out["reports"] = [
             {
                 "dataset": v["uri"],
                 "dataset_name": v["name"],
                 "embeddings": [m["output"] for m in planned["merges"] if m["dataset"] == v["uri"]],
-                "output_dir": plan.join(resolved["run_root"], v["name"], "report"),
+                "output_dir": plan.join(run_root, v["name"], "report"),
             }
             for v in good
         ]
+        out["run_root"] = run_root
         return out
+
+    @task
+    def pick(planned: dict, key: str) -> list:
+        """One list of the plan (Airflow maps only over a task's whole return value)."""
+        return planned[key]
 
     @task(
         map_index_template="{{ shard['dataset_name'] }}/{{ shard['model'] }}/{{ shard['start'] }}:{{ shard['stop'] }}"
@@ -234,7 +261,7 @@ def helical_embedding():
 
     @task(trigger_rule="all_done")
     def record_provenance(
-        resolved: dict,
+        datasets: list,
         validated: list,
         merged: list,
         reports: list,
@@ -247,37 +274,33 @@ def helical_embedding():
             dag_id=dag.dag_id,
             run_id=run_id,
             params=dict(params),
-            datasets=resolved["datasets"],
+            datasets=datasets or [],
             validated=[v for v in (validated or []) if v],
             merged=[m for m in (merged or []) if m],
             reports=[r for r in (reports or []) if r],
         )
-        return provenance.write_record(record, resolved["run_root"])
+        return provenance.write_record(
+            record, plan.join(params["output_root"], plan.safe_run_id(run_id))
+        )
 
-    resolved = resolve()
-    validated = validate.expand(dataset=resolved["datasets"])
-    planned = plan_shards(resolved, validated)
+    datasets = resolve()
+    validated = validate.expand(dataset=datasets)
+    planned = plan_shards(validated)
     embedded = []
     for pool in profiles.known_pools():
-        # Pools are fixed when the DAG is parsed, so each GPU type gets its own task;
-        # its timeout is the longest profile's (the backend enforces each shard's own).
-        longest = max(
-            profiles.load_profile(m)["timeout_minutes"]
-            for m in profiles.available_models()
-            if profiles.pool_name(profiles.load_profile(m)) == pool
-        )
+        shards = pick.override(task_id=f"shards_{_task_suffix(pool)}")(planned, pool)
         embedded.append(
             embed.override(
-                task_id=f"embed_{pool.replace('-', '_')}",
+                task_id=f"embed_{_task_suffix(pool)}",
                 pool=pool,
-                execution_timeout=timedelta(minutes=longest + 10),
-            ).expand(shard=planned[f"shards:{pool}"])
+                execution_timeout=timedelta(minutes=_longest_timeout(pool) + 10),
+            ).expand(shard=shards)
         )
-    merged = merge.expand(merge=planned["merges"])
+    merged = merge.expand(merge=pick.override(task_id="merges")(planned, "merges"))
     embedded >> merged
-    reports = report.expand(job=planned["reports"])
+    reports = report.expand(job=pick.override(task_id="reports")(planned, "reports"))
     merged >> reports
-    record_provenance(resolved, validated, merged, reports)
+    record_provenance(datasets, validated, merged, reports)
 
 
 helical_embedding()

@@ -71,6 +71,7 @@ def plan_run(
                     {
                         "dataset": ds["uri"],
                         "dataset_name": ds["name"],
+                        "sha256": ds.get("sha256"),
                         "model": model,
                         "start": start,
                         "stop": stop,
