@@ -1,6 +1,6 @@
-# dev: the same platform at the smallest sizes that still exercise every
-# control (encryption, private networking, IRSA); one NAT, single-AZ RDS and
-# Redis, small nodes, spot GPUs, deletable database.
+# dev: the same platform and the same controls at the smallest sizes: one
+# NAT gateway, burstable RDS/Redis (still Multi-AZ: failover is tested where
+# it is cheap), small nodes, spot CPU and GPU workers, shorter log retention.
 
 module "platform" {
   source = "../../modules/platform"
@@ -14,11 +14,11 @@ module "platform" {
   logs_final_action               = "EXPIRE"
 
   db_instance_class        = "db.t4g.medium"
-  db_multi_az              = false
+  db_multi_az              = true
   db_backup_retention_days = 7
-  deletion_protection      = false
+  deletion_protection      = true
   cache_node_type          = "cache.t4g.micro"
-  cache_num_nodes          = 1
+  cache_num_nodes          = 2
 
   node_groups = {
     system = {

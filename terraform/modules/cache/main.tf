@@ -64,6 +64,7 @@ resource "aws_vpc_security_group_ingress_rule" "redis" {
 }
 
 resource "aws_cloudwatch_log_group" "redis" {
+  #checkov:skip=CKV_AWS_338:Retention is 7-180 days by design (spec section 7.1); the long-term archive is the KMS-encrypted S3 logs bucket with Glacier lifecycle.
   for_each = toset(["slow-log", "engine-log"])
 
   name              = "/aws/elasticache/${var.name}-redis/${each.key}"
@@ -81,8 +82,8 @@ resource "aws_elasticache_replication_group" "this" {
   port                 = 6379
 
   num_cache_clusters         = var.num_cache_clusters
-  automatic_failover_enabled = var.num_cache_clusters > 1
-  multi_az_enabled           = var.num_cache_clusters > 1
+  automatic_failover_enabled = var.multi_az
+  multi_az_enabled           = var.multi_az
 
   subnet_group_name  = aws_elasticache_subnet_group.this.name
   security_group_ids = [aws_security_group.this.id]

@@ -68,6 +68,17 @@ variable "num_cache_clusters" {
   }
 }
 
+variable "multi_az" {
+  description = "Automatic failover to a replica in another AZ (needs num_cache_clusters >= 2). Keep on outside throwaway stacks."
+  type        = bool
+  default     = true
+
+  validation {
+    condition     = !var.multi_az || var.num_cache_clusters >= 2
+    error_message = "multi_az needs num_cache_clusters >= 2 (a primary and at least one replica)."
+  }
+}
+
 variable "snapshot_retention_days" {
   description = "Days of daily snapshots (Celery broker state survives a full outage)."
   type        = number

@@ -63,6 +63,7 @@ resource "aws_db_parameter_group" "this" {
 
 # Created before the instance so the exported logs get KMS and retention.
 resource "aws_cloudwatch_log_group" "postgres" {
+  #checkov:skip=CKV_AWS_338:Retention is 7-180 days by design (spec section 7.1); the long-term archive is the KMS-encrypted S3 logs bucket with Glacier lifecycle.
   for_each = toset(["postgresql", "upgrade"])
 
   name              = "/aws/rds/instance/${var.name}-postgres/${each.key}"

@@ -5,6 +5,7 @@
 data "aws_caller_identity" "current" {}
 
 resource "aws_cloudwatch_log_group" "app" {
+  #checkov:skip=CKV_AWS_338:Retention is 7-180 days by design (spec section 7.1); the long-term archive is the KMS-encrypted S3 logs bucket with Glacier lifecycle.
   for_each = toset(var.log_groups)
 
   name              = "/helical/${var.name}/${each.key}"
@@ -14,6 +15,7 @@ resource "aws_cloudwatch_log_group" "app" {
 }
 
 resource "aws_cloudwatch_log_group" "amp" {
+  #checkov:skip=CKV_AWS_338:Retention is 7-180 days by design (spec section 7.1); the long-term archive is the KMS-encrypted S3 logs bucket with Glacier lifecycle.
   name              = "/aws/prometheus/${var.name}"
   retention_in_days = var.log_retention_days
   kms_key_id        = var.logs_kms_key_arn

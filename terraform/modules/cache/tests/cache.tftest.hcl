@@ -37,11 +37,21 @@ run "encrypted_authenticated_private" {
 
   assert {
     condition     = aws_elasticache_replication_group.this.multi_az_enabled && aws_elasticache_replication_group.this.automatic_failover_enabled
-    error_message = "two or more nodes must fail over across AZs"
+    error_message = "Redis must fail over across AZs by default"
   }
 
   assert {
     condition     = [for r in aws_vpc_security_group_ingress_rule.redis : "${r.from_port}-${r.to_port}/${r.referenced_security_group_id}/${r.cidr_ipv4 == null}"] == ["6379-6379/sg-workloads/true"]
     error_message = "6379 must be open only to the EKS workloads group"
   }
+}
+
+run "multi_az_needs_a_replica" {
+  command = plan
+
+  variables {
+    num_cache_clusters = 1
+  }
+
+  expect_failures = [var.multi_az]
 }
