@@ -15,6 +15,7 @@ Settings (environment):
   HELICAL_STACK_AIRFLOW_VENV Airflow environment (default: <repo>/.venvs/airflow)
   HELICAL_STACK_DAGS         DAG folder (default: <repo>/dags)
   HELICAL_STACK_WORKER_CONCURRENCY  Celery worker slots (default 2)
+  HELICAL_STACK_POOL_SLOTS   slots of each GPU pool the DAG uses (default: worker concurrency)
   AIRFLOW__*, HELICAL_*      passed to every Airflow component, overriding the stack defaults
 """
 
@@ -446,6 +447,7 @@ def start_airflow(stack: Stack, sec: dict) -> None:
         with stack.logfile("airflow-db-migrate").open("ab") as log:
             subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=log,
                            stderr=subprocess.STDOUT, cwd=stack.state)  # fmt: skip
+    import_pools(stack, env, airflow)
     commands = {
         "airflow-api-server": [airflow, "api-server", "--port", str(stack.ports["api"]),
                                "--host", "127.0.0.1", "--workers", "1"],
@@ -474,6 +476,25 @@ def start_airflow(stack: Stack, sec: dict) -> None:
         "airflow-scheduler",
     )
     wait_for("celery worker", lambda: worker_ready(stack), 120, stack, "airflow-worker")
+
+
+def import_pools(stack: Stack, env: dict[str, str], airflow: str) -> None:
+    """Create the DAG's GPU pools (one per GPU type in the model profiles).
+
+    The DAG puts each embed task in its profile's pool; a pool that does not
+    exist leaves the task scheduled forever. Here one slot per Celery slot:
+    on a laptop the "GPU" work runs on the CPU, as many at once as the worker takes.
+    """
+    if not (stack.dags / "helical_workflow" / "pools.py").exists():
+        return
+    slots = os.environ.get("HELICAL_STACK_POOL_SLOTS", str(stack.worker_concurrency))
+    pools_json = stack.path("airflow", "pools.json")
+    with pools_json.open("w") as out:
+        subprocess.run([str(stack.airflow_venv / "bin" / "python"), "-m", "helical_workflow.pools",
+                        "--slots", slots], env=env, cwd=stack.dags, stdout=out, check=True)  # fmt: skip
+    with stack.logfile("airflow-pools").open("ab") as log:
+        subprocess.run([airflow, "pools", "import", str(pools_json)], env=env, check=True,
+                       stdout=log, stderr=subprocess.STDOUT, cwd=stack.state)  # fmt: skip
 
 
 def worker_ready(stack: Stack) -> bool:
