@@ -1,0 +1,120 @@
+"""Shared fixtures: demo data, the demo model store and ONE real Airflow per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
+
+from harness import REPO, Airflow
+
+RUNNER_BIN = REPO / ".venvs/runner/bin/helical-runner"
+RUNNER_PY = REPO / ".venvs/runner/bin/python"
+
+# Test-only wrapper: when a file in $FLAKY_DIR names a string found in an embed
+# command line, exit 75 (transient) once and delete the file; otherwise run the
+# real runner. The real runner does all the actual work.
+FLAKY_RUNNER = """#!/usr/bin/env bash
+if [[ "$1" == embed ]]; then
+  for marker in "$FLAKY_DIR"/*; do
+    [[ -f "$marker" ]] || continue
+    if [[ "$*" == *"$(cat "$marker")"* ]] && rm "$marker" 2>/dev/null; then
+      echo "helical-runner: transient error: injected by the test wrapper (flaky storage)" >&2
+      exit 75
+    fi
+  done
+fi
+exec "$REAL_RUNNER" "$@"
+"""
+
+
+def runner(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(RUNNER_BIN), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def read_obs_names(path: Path) -> list[str]:
+    """Cell names of an .h5ad, read with the runner env (this env has no anndata)."""
+    code = "import anndata, json, sys; print(json.dumps(list(anndata.read_h5ad(sys.argv[1], backed='r').obs_names)))"
+    out = subprocess.run(
+        [str(RUNNER_PY), "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def read_embedding_shape(path: Path, key: str) -> tuple[int, int]:
+    code = f"import anndata, sys; a = anndata.read_h5ad(sys.argv[1]); print(*a.obsm['{key}'].shape)"
+    out = subprocess.run(
+        [str(RUNNER_PY), "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    rows, dim = out.stdout.split()
+    return int(rows), int(dim)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workflow")
+
+
+@pytest.fixture(scope="session")
+def runner_env(workdir) -> dict[str, str]:
+    """The demo model store (tiny random weights) and a private helical cache."""
+    if not RUNNER_BIN.exists():
+        pytest.fail(f"{RUNNER_BIN} missing: run scripts/bootstrap.sh runner")
+    env = {
+        "CACHE_DIR_HELICAL_PREFIX": str(workdir / "helical-cache"),
+        "HELICAL_RUNNER_MODEL_STORE": str(workdir / "model-store"),
+    }
+    out = runner("models", "demo-bundle", "--to", env["HELICAL_RUNNER_MODEL_STORE"], env=env)
+    assert out.returncode == 0, out.stderr
+    return env
+
+
+@pytest.fixture(scope="session")
+def data_dir(workdir, runner_env) -> Path:
+    """Small datasets: two good ones of different shapes and one corrupt file."""
+    data = workdir / "data"
+    for name, extra in {
+        "pbmc_a": ["--cells", "300", "--seed", "1"],
+        "pbmc_b": ["--cells", "200", "--seed", "2", "--gene-ids", "symbol", "--layout", "csc"],
+        "small_c": ["--cells", "120", "--seed", "3"],
+        "small_d": ["--cells", "100", "--seed", "4"],
+    }.items():
+        out = runner(
+            "demo-data", "--output", str(data / name / f"{name}.h5ad"), *extra, env=runner_env
+        )
+        assert out.returncode == 0, out.stderr
+    (data / "corrupt").mkdir()
+    (data / "corrupt" / "corrupt.h5ad").write_bytes(b"this is not an HDF5 file\n" * 100)
+    return data
+
+
+@pytest.fixture(scope="session")
+def airflow(workdir, runner_env):
+    """api-server + scheduler + dag-processor, LocalExecutor on SQLite, loopback only."""
+    flaky = workdir / "flaky"
+    flaky.mkdir()
+    wrapper = workdir / "flaky-runner"
+    wrapper.write_text(FLAKY_RUNNER)
+    wrapper.chmod(0o755)
+    env = {
+        **runner_env,
+        "HELICAL_RUNNER_BIN": str(wrapper),
+        "REAL_RUNNER": str(RUNNER_BIN),
+        "FLAKY_DIR": str(flaky),
+        "HELICAL_OUTPUT_ROOT": str(workdir / "runs"),
+        # fast retries for the transient-failure test (production: 30 s doubling)
+        "HELICAL_RETRY_DELAY_S": "1",
+    }
+    deployment = Airflow(workdir / "airflow-home", parallelism=2, extra_env=env)
+    deployment.flaky_dir = flaky
+    with deployment:
+        yield deployment

@@ -1,0 +1,45 @@
+"""Bad input fails fast without retries; transient failures are retried."""
+
+from __future__ import annotations
+
+RUN_TIMEOUT = 300
+
+
+def _tis(airflow, run_id, task_id):
+    return [ti for ti in airflow.task_instances(run_id) if ti.task_id == task_id]
+
+
+def test_corrupt_dataset_fails_validation_without_retries_good_one_completes(airflow, data_dir):
+    run_id = airflow.trigger(
+        {
+            "datasets": [str(data_dir / "corrupt" / "corrupt.h5ad"), str(data_dir / "small_c")],
+            "models": ["geneformer"],
+        }
+    )
+    state = airflow.wait(run_id, RUN_TIMEOUT)
+    assert state == "failed"  # the run reports the bad dataset
+    validations = {ti.rendered_map_index: ti for ti in _tis(airflow, run_id, "validate")}
+    bad, good = validations["corrupt"], validations["small_c"]
+    assert str(bad.state.value) == "failed"
+    assert bad.try_number == 1, "bad input must not be retried"
+    log = airflow.log(run_id, bad)
+    assert "helical-runner: error" in log and "not retried" in log
+    assert str(good.state.value) == "success"
+    # the good dataset went all the way through
+    merges = _tis(airflow, run_id, "merge")
+    assert [str(m.state.value) for m in merges] == ["success"]
+    assert merges[0].rendered_map_index == "small_c/geneformer"
+    assert [str(r.state.value) for r in _tis(airflow, run_id, "report")] == ["success"]
+    assert [str(r.state.value) for r in _tis(airflow, run_id, "record_provenance")] == ["success"]
+
+
+def test_transient_exit_is_retried_and_the_run_succeeds(airflow, data_dir):
+    dataset = str(data_dir / "small_d" / "small_d.h5ad")
+    marker = airflow.flaky_dir / "small_d"
+    marker.write_text(dataset)  # the wrapper exits 75 once for this dataset's embed
+    run_id = airflow.trigger({"datasets": [dataset], "models": ["geneformer"]})
+    assert airflow.wait(run_id, RUN_TIMEOUT) == "success"
+    assert not marker.exists(), "the injected failure never happened"
+    (embed,) = _tis(airflow, run_id, "embed_gpu_nvidia_a10g")
+    assert str(embed.state.value) == "success"
+    assert embed.try_number == 2, "one transient failure, one retry"
