@@ -279,9 +279,15 @@ def helical_embedding():
             merged=[m for m in (merged or []) if m],
             reports=[r for r in (reports or []) if r],
         )
-        return provenance.write_record(
-            record, plan.join(params["output_root"], plan.safe_run_id(run_id))
-        )
+        run_root = plan.join(params["output_root"], plan.safe_run_id(run_id))
+        where = provenance.write_record(record, run_root)
+        failed = [d["name"] for d in record["datasets"] if d["status"] != "validated"]
+        if failed:
+            # The good datasets' outputs are complete, but the run must not look green.
+            raise AirflowFailException(
+                f"provenance written to {where}; failed validation: {failed}"
+            )
+        return where
 
     datasets = resolve()
     validated = validate.expand(dataset=datasets)

@@ -30,7 +30,10 @@ def test_corrupt_dataset_fails_validation_without_retries_good_one_completes(air
     assert [str(m.state.value) for m in merges] == ["success"]
     assert merges[0].rendered_map_index == "small_c/geneformer"
     assert [str(r.state.value) for r in _tis(airflow, run_id, "report")] == ["success"]
-    assert [str(r.state.value) for r in _tis(airflow, run_id, "record_provenance")] == ["success"]
+    # provenance is written, and the run is marked failed because of the bad dataset
+    (prov,) = _tis(airflow, run_id, "record_provenance")
+    assert str(prov.state.value) == "failed" and prov.try_number == 1
+    assert "failed validation: ['corrupt']" in airflow.log(run_id, prov)
 
 
 def test_transient_exit_is_retried_and_the_run_succeeds(airflow, data_dir):
