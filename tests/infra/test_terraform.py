@@ -59,7 +59,9 @@ def _tf(
 
 
 def _ok(proc: subprocess.CompletedProcess[str], what: str) -> str:
-    assert proc.returncode == 0, f"{what} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{what} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
     return proc.stdout
 
 
@@ -101,7 +103,9 @@ def _init(root: Path) -> None:
 def test_terraform_files_are_formatted(mirror_config: Path) -> None:
     for path in (TF_SRC, MOTO_SRC):
         proc = _tf(["fmt", "-check", "-recursive", "-diff", str(path)], ROOT)
-        assert proc.returncode == 0, f"run `scripts/terraform.sh fmt -recursive {path.relative_to(ROOT)}`:\n{proc.stdout}"
+        assert proc.returncode == 0, (
+            f"run `scripts/terraform.sh fmt -recursive {path.relative_to(ROOT)}`:\n{proc.stdout}"
+        )
 
 
 @pytest.mark.parametrize("root", ROOTS)
@@ -109,7 +113,9 @@ def test_root_initializes_offline_and_validates(tree: Path, root: str) -> None:
     cwd = tree / "terraform" / root
     _init(cwd)
     result = json.loads(_tf(["validate", "-json"], cwd).stdout)
-    problems = [f"{d['severity']}: {d['summary']}: {d.get('detail', '')}" for d in result["diagnostics"]]
+    problems = [
+        f"{d['severity']}: {d['summary']}: {d.get('detail', '')}" for d in result["diagnostics"]
+    ]
     assert result["valid"] and not problems, "\n".join(problems)
 
 
@@ -123,7 +129,9 @@ def test_every_module_has_docs_and_a_secure_interface() -> None:
         for block in re.split(r'(?m)^variable "', text)[1:]:
             var = block.split('"', 1)[0]
             assert "description =" in block, f"modules/{module}: variable {var} has no description"
-            assert re.search(r"(?m)^\s+type\s+=", block), f"modules/{module}: variable {var} has no type"
+            assert re.search(r"(?m)^\s+type\s+=", block), (
+                f"modules/{module}: variable {var} has no type"
+            )
         assert 'required_version = ">= 1.11"' in (folder / "versions.tf").read_text()
 
 
@@ -139,65 +147,139 @@ def test_mocked_security_assertions_pass(tree: Path, root: str) -> None:
     assert summary and int(summary.group(1)) > 0, out
 
 
-# (file, text that is there, what a careless change would make it, message the suite must print)
+# Broken controls, grouped by module: (file, text that is there, what a
+# careless change would make it, message the module's suite must print).
+# All mutations of a module go into one run: assertion failures do not stop
+# the other assertions, and one run per module keeps the suite fast.
 MUTATIONS = {
-    "bucket-versioning-off": (
-        "modules/storage/main.tf", 'status = "Enabled"', 'status = "Suspended"', "every bucket must be versioned"),
-    "bucket-public-policy-allowed": (
-        "modules/storage/main.tf", "block_public_policy     = true", "block_public_policy     = false",
-        "every bucket must block all public access"),
-    "bucket-without-kms": (
-        "modules/storage/main.tf", 'each.key == "access-logs" ? "AES256" : "aws:kms"', '"AES256"',
-        "every data bucket must use SSE-KMS"),
-    "kms-rotation-off": (
-        "modules/security/main.tf", "enable_key_rotation     = true", "enable_key_rotation     = false",
-        "every KMS key must rotate automatically"),
-    "irsa-wildcard-service-account": (
-        "modules/security/irsa.tf", ":${each.value.service_account.name}\"", ':*"',
-        "each IRSA role must trust exactly its own service account"),
-    "runner-reads-logs-bucket": (
-        "modules/security/irsa.tf", "[var.buckets.datasets, var.buckets.models, var.buckets.outputs]",
-        "[var.buckets.datasets, var.buckets.models, var.buckets.outputs, var.buckets.logs]",
-        "the runner role may touch only"),
-    "rds-public": (
-        "modules/database/main.tf", "publicly_accessible    = false", "publicly_accessible    = true",
-        "RDS must not be publicly accessible"),
-    "rds-single-az": (
-        "modules/database/main.tf", "multi_az               = var.multi_az", "multi_az               = false",
-        "RDS must be Multi-AZ"),
-    "redis-plaintext": (
-        "modules/cache/main.tf", "transit_encryption_enabled = true", "transit_encryption_enabled = false",
-        "Redis must require TLS"),
-    "redis-unencrypted-at-rest": (
-        "modules/cache/main.tf", "at_rest_encryption_enabled = true", "at_rest_encryption_enabled = false",
-        "Redis must be encrypted at rest"),
-    "endpoints-open-to-internet": (
-        "modules/network/endpoints.tf", "cidr_ipv4         = aws_vpc.this.cidr_block", 'cidr_ipv4         = "0.0.0.0/0"',
-        "only the load balancer may accept 0.0.0.0/0"),
-    "eks-public-endpoint": (
-        "modules/eks/main.tf", "endpoint_public_access  = var.endpoint_public_access",
-        "endpoint_public_access  = true", "the API endpoint must be private"),
+    "storage": [
+        (
+            "main.tf",
+            'versioning_configuration {\n    status = "Enabled"',
+            'versioning_configuration {\n    status = "Suspended"',
+            "every bucket must be versioned",
+        ),
+        (
+            "main.tf",
+            "block_public_policy     = true",
+            "block_public_policy     = false",
+            "every bucket must block all public access",
+        ),
+        (
+            "main.tf",
+            'each.key == "access-logs" ? "AES256" : "aws:kms"',
+            '"AES256"',
+            "every data bucket must use SSE-KMS",
+        ),
+        (
+            "policies.tf",
+            '"aws:SecureTransport" = "false"',
+            '"aws:SecureTransport" = "true"',
+            "every bucket policy must deny requests without TLS",
+        ),
+    ],
+    "security": [
+        (
+            "main.tf",
+            "enable_key_rotation     = true",
+            "enable_key_rotation     = false",
+            "every KMS key must rotate automatically",
+        ),
+        (
+            "irsa.tf",
+            ':${each.value.service_account.name}"',
+            ':*"',
+            "each IRSA role must trust exactly its own service account",
+        ),
+        (
+            "irsa.tf",
+            "[var.buckets.datasets, var.buckets.models, var.buckets.outputs]",
+            "[var.buckets.datasets, var.buckets.models, var.buckets.outputs, var.buckets.logs]",
+            "the runner role may touch only",
+        ),
+    ],
+    "database": [
+        (
+            "main.tf",
+            "publicly_accessible    = false",
+            "publicly_accessible    = true",
+            "RDS must not be publicly accessible",
+        ),
+        (
+            "main.tf",
+            "multi_az               = var.multi_az",
+            "multi_az               = false",
+            "RDS must be Multi-AZ",
+        ),
+        (
+            "main.tf",
+            "storage_encrypted     = true",
+            "storage_encrypted     = false",
+            "RDS storage must be encrypted",
+        ),
+    ],
+    "cache": [
+        (
+            "main.tf",
+            "transit_encryption_enabled = true",
+            "transit_encryption_enabled = false",
+            "Redis must require TLS",
+        ),
+        (
+            "main.tf",
+            "at_rest_encryption_enabled = true",
+            "at_rest_encryption_enabled = false",
+            "Redis must be encrypted at rest",
+        ),
+    ],
+    "network": [
+        (
+            "endpoints.tf",
+            "cidr_ipv4         = aws_vpc.this.cidr_block",
+            'cidr_ipv4         = "0.0.0.0/0"',
+            "only the load balancer may accept 0.0.0.0/0",
+        ),
+        (
+            "load_balancer.tf",
+            "from_port         = 443",
+            "from_port         = 22",
+            "only the load balancer may accept 0.0.0.0/0",
+        ),
+    ],
+    "eks": [
+        (
+            "main.tf",
+            "endpoint_public_access  = var.endpoint_public_access",
+            "endpoint_public_access  = true",
+            "the API endpoint must be private",
+        ),
+    ],
 }
 
 
-@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@pytest.mark.parametrize("module", sorted(MUTATIONS))
 def test_mocked_suite_fails_when_a_control_is_broken(
-    tmp_path: Path, mirror_config: Path, mutation: str
+    tmp_path: Path, mirror_config: Path, module: str
 ) -> None:
-    """Proof the assertions can fail: break one control, the module's suite must say which."""
-    rel, present, broken, message = MUTATIONS[mutation]
+    """Proof the assertions can fail: break controls, the module's suite must name each one."""
     tree = _copy_tree(tmp_path)
-    source = tree / "terraform" / rel
-    text = source.read_text()
-    assert text.count(present) == 1, f"mutation {mutation} no longer matches {rel}: update MUTATIONS"
-    source.write_text(text.replace(present, broken))
+    folder = tree / "terraform" / "modules" / module
+    for name, present, broken, _ in MUTATIONS[module]:
+        source = folder / name
+        text = source.read_text()
+        assert text.count(present) == 1, (
+            f"mutation {present!r} no longer matches {module}/{name}: update MUTATIONS"
+        )
+        source.write_text(text.replace(present, broken))
 
-    module = source.parent
-    _ok(_tf(["init", "-backend=false", "-input=false"], module), f"init {module}")
-    proc = _tf(["test"], module)
+    _ok(_tf(["init", "-backend=false", "-input=false"], folder), f"init {folder}")
+    proc = _tf(["test"], folder)
     output = re.sub(r"\s+", " ", proc.stdout + proc.stderr)
-    assert proc.returncode != 0, f"{mutation}: the suite still passes with the control broken:\n{proc.stdout}"
-    assert message in output, f"{mutation}: failed, but not on the expected assertion:\n{proc.stdout[-3000:]}"
+    assert proc.returncode != 0, (
+        f"{module}: the suite still passes with controls broken:\n{proc.stdout}"
+    )
+    missed = [message for *_, message in MUTATIONS[module] if message not in output]
+    assert not missed, f"{module}: no assertion caught {missed}:\n{proc.stdout[-3000:]}"
 
 
 # --- 3. apply and destroy against moto ---------------------------------------
@@ -233,7 +315,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log.close()
 
 
-def _aws(service: str, endpoint: str):  # noqa: ANN202 - boto3 client types are generated
+def _aws(service: str, endpoint: str):  # boto3 client types are generated at run time
     return boto3.client(
         service,
         endpoint_url=endpoint,
@@ -252,20 +334,31 @@ class MotoStack:
         self.destroyed = False
 
     def apply(self) -> None:
-        _ok(_tf(["plan", "-input=false", "-out=moto.tfplan"], self.cwd, env=self.env), "plan against moto")
-        _ok(_tf(["apply", "-input=false", "moto.tfplan"], self.cwd, env=self.env, timeout=420), "apply against moto")
+        _ok(
+            _tf(["plan", "-input=false", "-out=moto.tfplan"], self.cwd, env=self.env),
+            "plan against moto",
+        )
+        _ok(
+            _tf(["apply", "-input=false", "moto.tfplan"], self.cwd, env=self.env, timeout=420),
+            "apply against moto",
+        )
         raw = json.loads(_ok(_tf(["output", "-json"], self.cwd, env=self.env), "terraform output"))
         self.outputs = {k: v["value"] for k, v in raw.items()}
 
     def destroy(self) -> subprocess.CompletedProcess[str]:
         self.destroyed = True
-        return _tf(["destroy", "-auto-approve", "-input=false"], self.cwd, env=self.env, timeout=300)
+        return _tf(
+            ["destroy", "-auto-approve", "-input=false"], self.cwd, env=self.env, timeout=300
+        )
 
 
 @pytest.fixture(scope="module")
 def moto_stack(tree: Path, moto_endpoint: str) -> Iterator[MotoStack]:
     cwd = tree / "tests" / "infra" / "moto"
-    env = {"TF_VAR_endpoint": moto_endpoint, "TF_VAR_bucket_prefix": f"helical-{uuid.uuid4().hex[:8]}"}
+    env = {
+        "TF_VAR_endpoint": moto_endpoint,
+        "TF_VAR_bucket_prefix": f"helical-{uuid.uuid4().hex[:8]}",
+    }
     _init(cwd)
     stack = MotoStack(cwd, env)
     try:
@@ -276,19 +369,25 @@ def moto_stack(tree: Path, moto_endpoint: str) -> Iterator[MotoStack]:
             stack.destroy()
 
 
-def test_moto_buckets_are_versioned_encrypted_private_and_tls_only(moto_stack: MotoStack, moto_endpoint: str) -> None:
+def test_moto_buckets_are_versioned_encrypted_private_and_tls_only(
+    moto_stack: MotoStack, moto_endpoint: str
+) -> None:
     s3 = _aws("s3", moto_endpoint)
     names: dict[str, str] = moto_stack.outputs["bucket_names"]  # type: ignore[assignment]
     assert set(names) == {"datasets", "outputs", "models", "logs", "audit", "access-logs"}
     s3_key = moto_stack.outputs["kms_key_arns"]["s3"]  # type: ignore[index]
     for role, bucket in names.items():
         assert s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled", bucket
-        rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+        rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"][
+            "Rules"
+        ][0]
         default = rule["ApplyServerSideEncryptionByDefault"]
         if role == "access-logs":
             assert default["SSEAlgorithm"] == "AES256"
         else:
-            assert (default["SSEAlgorithm"], default["KMSMasterKeyID"]) == ("aws:kms", s3_key), bucket
+            assert (default["SSEAlgorithm"], default["KMSMasterKeyID"]) == ("aws:kms", s3_key), (
+                bucket
+            )
             assert rule["BucketKeyEnabled"] is True, bucket
         block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
         assert all(block.values()) and len(block) == 4, f"{bucket}: {block}"
@@ -302,21 +401,16 @@ def test_moto_buckets_are_versioned_encrypted_private_and_tls_only(moto_stack: M
             assert logging["TargetBucket"] == names["access-logs"], bucket
 
 
-def test_moto_objects_written_without_options_are_kms_encrypted(moto_stack: MotoStack, moto_endpoint: str) -> None:
-    """A client that asks for nothing still gets SSE-KMS with the platform key."""
-    s3 = _aws("s3", moto_endpoint)
-    bucket = moto_stack.outputs["bucket_names"]["datasets"]  # type: ignore[index]
-    s3.put_object(Bucket=bucket, Key="demo/cells.h5ad", Body=b"not really an h5ad")
-    head = s3.head_object(Bucket=bucket, Key="demo/cells.h5ad")
-    assert head["ServerSideEncryption"] == "aws:kms"
-    assert head["SSEKMSKeyId"] == moto_stack.outputs["kms_key_arns"]["s3"]  # type: ignore[index]
-
-
-def test_moto_logs_lifecycle_archives_after_60_and_90_days(moto_stack: MotoStack, moto_endpoint: str) -> None:
+def test_moto_logs_lifecycle_archives_after_60_and_90_days(
+    moto_stack: MotoStack, moto_endpoint: str
+) -> None:
     s3 = _aws("s3", moto_endpoint)
     bucket = moto_stack.outputs["bucket_names"]["logs"]  # type: ignore[index]
     rule = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"][0]
-    assert [(t["Days"], t["StorageClass"]) for t in rule["Transitions"]] == [(60, "GLACIER"), (90, "DEEP_ARCHIVE")]
+    assert [(t["Days"], t["StorageClass"]) for t in rule["Transitions"]] == [
+        (60, "GLACIER"),
+        (90, "DEEP_ARCHIVE"),
+    ]
 
 
 def test_moto_kms_keys_rotate(moto_stack: MotoStack, moto_endpoint: str) -> None:
@@ -327,12 +421,17 @@ def test_moto_kms_keys_rotate(moto_stack: MotoStack, moto_endpoint: str) -> None
         assert kms.get_key_rotation_status(KeyId=arn)["KeyRotationEnabled"], domain
 
 
-def test_moto_irsa_roles_trust_one_service_account_and_own_buckets(moto_stack: MotoStack, moto_endpoint: str) -> None:
+def test_moto_irsa_roles_trust_one_service_account_and_own_buckets(
+    moto_stack: MotoStack, moto_endpoint: str
+) -> None:
     iam = _aws("iam", moto_endpoint)
     buckets: dict[str, str] = moto_stack.outputs["bucket_names"]  # type: ignore[assignment]
     expected = {
         "airflow": ("system:serviceaccount:airflow:airflow", {"logs"}),
-        "runner": ("system:serviceaccount:helical:helical-runner", {"datasets", "models", "outputs"}),
+        "runner": (
+            "system:serviceaccount:helical:helical-runner",
+            {"datasets", "models", "outputs"},
+        ),
     }
     for workload, (subject, own) in expected.items():
         role_name = str(moto_stack.outputs[f"{workload}_role_arn"]).rsplit("/", 1)[1]
@@ -349,12 +448,20 @@ def test_moto_irsa_roles_trust_one_service_account_and_own_buckets(moto_stack: M
         doc = iam.get_role_policy(RoleName=role_name, PolicyName=policy_name)["PolicyDocument"]
         if isinstance(doc, str):
             doc = json.loads(doc)
-        named = {r for s in doc["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])}
-        s3_buckets = {r.split(":::", 1)[1].split("/", 1)[0] for r in named if r.startswith("arn:aws:s3:::")}
+        named = {
+            r
+            for s in doc["Statement"]
+            for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
+        }
+        s3_buckets = {
+            r.split(":::", 1)[1].split("/", 1)[0] for r in named if r.startswith("arn:aws:s3:::")
+        }
         assert s3_buckets == {buckets[b] for b in own}, workload
 
 
-def test_moto_network_is_three_tier_with_closed_default_group(moto_stack: MotoStack, moto_endpoint: str) -> None:
+def test_moto_network_is_three_tier_with_closed_default_group(
+    moto_stack: MotoStack, moto_endpoint: str
+) -> None:
     ec2 = _aws("ec2", moto_endpoint)
     vpc_id = moto_stack.outputs["vpc_id"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
@@ -363,25 +470,52 @@ def test_moto_network_is_three_tier_with_closed_default_group(moto_stack: MotoSt
         tags = {t["Key"]: t["Value"] for t in subnet.get("Tags", [])}
         tiers.setdefault(tags["Tier"], set()).add(subnet["AvailabilityZone"])
         assert not subnet["MapPublicIpOnLaunch"], subnet["SubnetId"]
-    assert tiers == {t: {"us-east-1a", "us-east-1b", "us-east-1c"} for t in ("public", "private", "data")}
+    assert tiers == {
+        t: {"us-east-1a", "us-east-1b", "us-east-1c"} for t in ("public", "private", "data")
+    }
 
-    groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
+    groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])[
+        "SecurityGroups"
+    ]
     default = next(g for g in groups if g["GroupName"] == "default")
     assert default["IpPermissions"] == [] and default["IpPermissionsEgress"] == []
     for group in groups:
         for perm in group["IpPermissions"]:
             if any(r["CidrIp"] == "0.0.0.0/0" for r in perm.get("IpRanges", [])):
-                assert group["GroupName"] == "helical-moto-public-lb" and perm["FromPort"] == perm["ToPort"] == 443
+                assert (
+                    group["GroupName"] == "helical-moto-public-lb"
+                    and perm["FromPort"] == perm["ToPort"] == 443
+                )
 
-    flow_logs = ec2.describe_flow_logs(Filters=[{"Name": "resource-id", "Values": [vpc_id]}])["FlowLogs"]
+    flow_logs = ec2.describe_flow_logs(Filters=[{"Name": "resource-id", "Values": [vpc_id]}])[
+        "FlowLogs"
+    ]
     assert [f["TrafficType"] for f in flow_logs] == ["ALL"]
-    endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["VpcEndpoints"]
-    assert {e["ServiceName"].rsplit(".", 1)[-1] for e in endpoints} >= {"s3", "sts", "kms", "secretsmanager", "logs", "api", "dkr"}
+    endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])[
+        "VpcEndpoints"
+    ]
+    assert {e["ServiceName"].rsplit(".", 1)[-1] for e in endpoints} >= {
+        "s3",
+        "sts",
+        "kms",
+        "secretsmanager",
+        "logs",
+        "api",
+        "dkr",
+    }
 
 
-def test_moto_cloudtrail_is_multi_region_with_validation(moto_stack: MotoStack, moto_endpoint: str) -> None:
-    trail = _aws("cloudtrail", moto_endpoint).get_trail(Name=moto_stack.outputs["cloudtrail_arn"])["Trail"]
-    assert trail["IsMultiRegionTrail"] and trail["LogFileValidationEnabled"] and trail["IncludeGlobalServiceEvents"]
+def test_moto_cloudtrail_is_multi_region_with_validation(
+    moto_stack: MotoStack, moto_endpoint: str
+) -> None:
+    trail = _aws("cloudtrail", moto_endpoint).get_trail(Name=moto_stack.outputs["cloudtrail_arn"])[
+        "Trail"
+    ]
+    assert (
+        trail["IsMultiRegionTrail"]
+        and trail["LogFileValidationEnabled"]
+        and trail["IncludeGlobalServiceEvents"]
+    )
     assert trail["S3BucketName"] == moto_stack.outputs["bucket_names"]["audit"]  # type: ignore[index]
     assert trail["KmsKeyId"] == moto_stack.outputs["kms_key_arns"]["cloudtrail"]  # type: ignore[index]
 
@@ -390,7 +524,9 @@ def test_moto_destroy_removes_everything(moto_stack: MotoStack, moto_endpoint: s
     """Runs last in this module: the stack tears down cleanly and leaves nothing behind."""
     _ok(moto_stack.destroy(), "destroy against moto")
     s3 = _aws("s3", moto_endpoint)
-    left = {b["Name"] for b in s3.list_buckets()["Buckets"]} & set(moto_stack.outputs["bucket_names"].values())  # type: ignore[union-attr]
+    left = {b["Name"] for b in s3.list_buckets()["Buckets"]} & set(
+        moto_stack.outputs["bucket_names"].values()
+    )  # type: ignore[union-attr]
     assert not left, f"buckets left after destroy: {left}"
     vpcs = _aws("ec2", moto_endpoint).describe_vpcs(VpcIds=[]).get("Vpcs", [])
     assert moto_stack.outputs["vpc_id"] not in {v["VpcId"] for v in vpcs}
@@ -406,9 +542,22 @@ SKIP = re.compile(r"#\s*checkov:skip=(?P<id>[A-Z0-9_]+)(?::(?P<reason>.*))?")
 def test_checkov_finds_no_failed_check() -> None:
     assert CHECKOV.exists(), f"{CHECKOV} missing: run scripts/bootstrap.sh checkov"
     proc = subprocess.run(
-        [str(CHECKOV), "-d", str(TF_SRC), "--framework", "terraform", "--quiet", "--compact",
-         "--output", "json", "--skip-download"],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            str(CHECKOV),
+            "-d",
+            str(TF_SRC),
+            "--framework",
+            "terraform",
+            "--quiet",
+            "--compact",
+            "--output",
+            "json",
+            "--skip-download",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
     )
     reports = json.loads(proc.stdout)
@@ -416,7 +565,8 @@ def test_checkov_finds_no_failed_check() -> None:
     summary = {k: sum(r["summary"][k] for r in reports) for k in ("passed", "failed", "skipped")}
     failed = [
         f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range'][0]}): {c['check_name']}"
-        for r in reports for c in r["results"]["failed_checks"]
+        for r in reports
+        for c in r["results"]["failed_checks"]
     ]
     assert not failed, "checkov failures:\n" + "\n".join(failed)
     assert summary["passed"] > 100, f"checkov checked suspiciously little: {summary}"
@@ -430,6 +580,8 @@ def test_every_checkov_skip_is_justified() -> None:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             match = SKIP.search(line)
             if match:
-                skips.append((path.relative_to(ROOT), number, match["id"], (match["reason"] or "").strip()))
+                skips.append(
+                    (path.relative_to(ROOT), number, match["id"], (match["reason"] or "").strip())
+                )
     unjustified = [f"{p}:{n} {i}" for p, n, i, reason in skips if len(reason) < 20]
     assert not unjustified, "checkov skips need a reason after the id:\n" + "\n".join(unjustified)
