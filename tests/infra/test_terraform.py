@@ -534,6 +534,108 @@ def test_moto_destroy_removes_everything(moto_stack: MotoStack, moto_endpoint: s
     assert not {n for n in iam_roles if n.startswith("helical-moto-")}, iam_roles
 
 
+# --- 3b. the whole prod env, planned by the real provider against moto ----
+
+PROD_OVERRIDE = """
+# Written by tests/infra/test_terraform.py into a temporary copy only.
+terraform {
+  backend "local" {}
+}
+
+provider "aws" {
+  region                      = "us-east-1"
+  access_key                  = "moto-fake-access-key"
+  secret_key                  = "moto-fake-secret-key"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  skip_region_validation      = true
+  s3_use_path_style           = true
+
+  endpoints {
+    ec2            = "ENDPOINT"
+    iam            = "ENDPOINT"
+    kms            = "ENDPOINT"
+    s3             = "ENDPOINT"
+    secretsmanager = "ENDPOINT"
+    sts            = "ENDPOINT"
+  }
+}
+"""
+
+
+def _planned_resources(module: dict) -> Iterator[dict]:
+    yield from module.get("resources", [])
+    for child in module.get("child_modules", []):
+        yield from _planned_resources(child)
+
+
+@pytest.fixture(scope="module")
+def prod_plan(
+    tmp_path_factory: pytest.TempPathFactory, mirror_config: Path, moto_endpoint: str
+) -> list[dict]:
+    """Every resource of envs/prod as the real provider plans it (data sources read from moto)."""
+    env_dir = _copy_tree(tmp_path_factory.mktemp("prod")) / "terraform" / "envs" / "prod"
+    (env_dir / "test_override.tf").write_text(PROD_OVERRIDE.replace("ENDPOINT", moto_endpoint))
+    _ok(_tf(["init", "-input=false"], env_dir), "init envs/prod (local backend)")
+    variables = ["-var", "bucket_prefix=acme-helical-prod"]
+    _ok(_tf(["plan", "-input=false", "-out=prod.tfplan", *variables], env_dir), "plan envs/prod")
+    plan = json.loads(_ok(_tf(["show", "-json", "prod.tfplan"], env_dir), "show plan"))
+    return list(_planned_resources(plan["planned_values"]["root_module"]))
+
+
+def test_prod_plan_opens_only_the_load_balancer_to_the_internet(prod_plan: list[dict]) -> None:
+    rules = [r for r in prod_plan if r["type"] == "aws_vpc_security_group_ingress_rule"]
+    assert len(rules) >= 5, [r["address"] for r in rules]
+    open_to_all = [r for r in rules if r["values"].get("cidr_ipv4") == "0.0.0.0/0"]
+    assert [
+        (r["address"], r["values"]["from_port"], r["values"]["to_port"]) for r in open_to_all
+    ] == [
+        (
+            'module.platform.module.network.aws_vpc_security_group_ingress_rule.public_lb_https["0.0.0.0/0"]',
+            443,
+            443,
+        )
+    ]
+    assert not [r for r in prod_plan if r["type"] == "aws_security_group_rule"], (
+        "use the per-rule resources"
+    )
+
+
+def test_prod_plan_encrypts_every_store(prod_plan: list[dict]) -> None:
+    by_type: dict[str, list[dict]] = {}
+    for resource in prod_plan:
+        by_type.setdefault(resource["type"], []).append(resource["values"])
+    assert len(by_type["aws_kms_key"]) == 8 and all(
+        k["enable_key_rotation"] for k in by_type["aws_kms_key"]
+    )
+    buckets = len(by_type["aws_s3_bucket"])
+    for companion in (
+        "aws_s3_bucket_versioning",
+        "aws_s3_bucket_public_access_block",
+        "aws_s3_bucket_policy",
+        "aws_s3_bucket_server_side_encryption_configuration",
+    ):
+        assert len(by_type[companion]) == buckets, companion
+    (db,) = by_type["aws_db_instance"]
+    assert (
+        db["multi_az"]
+        and db["storage_encrypted"]
+        and not db["publicly_accessible"]
+        and db["deletion_protection"]
+    )
+    (redis,) = by_type["aws_elasticache_replication_group"]
+    assert (
+        redis["transit_encryption_enabled"]
+        and redis["at_rest_encryption_enabled"]
+        and redis["multi_az_enabled"]
+    )
+    assert all(g["retention_in_days"] <= 180 for g in by_type["aws_cloudwatch_log_group"])
+    (efs,) = by_type["aws_efs_file_system"]
+    assert efs["encrypted"]
+    (cluster,) = by_type["aws_eks_cluster"]
+    assert cluster["vpc_config"][0]["endpoint_public_access"] is False
+
+
 # --- 4. checkov ---------------------------------------------------------------
 
 SKIP = re.compile(r"#\s*checkov:skip=(?P<id>[A-Z0-9_]+)(?::(?P<reason>.*))?")
