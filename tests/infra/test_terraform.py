@@ -426,15 +426,18 @@ def test_moto_irsa_roles_trust_one_service_account_and_own_buckets(
 ) -> None:
     iam = _aws("iam", moto_endpoint)
     buckets: dict[str, str] = moto_stack.outputs["bucket_names"]  # type: ignore[assignment]
+    airflow_roles: dict[str, str] = moto_stack.outputs["airflow_role_arns"]  # type: ignore[assignment]
+    assert set(airflow_roles) == {"api-server", "scheduler", "dag-processor", "triggerer", "worker"}
     expected = {
-        "airflow": ("system:serviceaccount:airflow:airflow", {"logs"}),
-        "runner": (
-            "system:serviceaccount:helical:helical-runner",
-            {"datasets", "models", "outputs"},
-        ),
+        arn: (f"system:serviceaccount:airflow:airflow-{component}", {"logs"})
+        for component, arn in airflow_roles.items()
     }
-    for workload, (subject, own) in expected.items():
-        role_name = str(moto_stack.outputs[f"{workload}_role_arn"]).rsplit("/", 1)[1]
+    expected[str(moto_stack.outputs["runner_role_arn"])] = (
+        "system:serviceaccount:helical:helical-runner",
+        {"datasets", "models", "outputs"},
+    )
+    for role_arn, (subject, own) in expected.items():
+        role_name = role_arn.rsplit("/", 1)[1]
         trust = iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"]
         if isinstance(trust, str):
             trust = json.loads(trust)
@@ -456,7 +459,7 @@ def test_moto_irsa_roles_trust_one_service_account_and_own_buckets(
         s3_buckets = {
             r.split(":::", 1)[1].split("/", 1)[0] for r in named if r.startswith("arn:aws:s3:::")
         }
-        assert s3_buckets == {buckets[b] for b in own}, workload
+        assert s3_buckets == {buckets[b] for b in own}, role_name
 
 
 def test_moto_network_is_three_tier_with_closed_default_group(

@@ -19,7 +19,7 @@ module "security" {
   tags                              = var.tags
   oidc_provider_arn                 = module.eks.oidc_provider_arn
   oidc_provider_url                 = module.eks.oidc_provider_url
-  airflow_service_account           = var.service_accounts.airflow
+  airflow_service_accounts          = var.service_accounts.airflow
   runner_service_account            = var.service_accounts.runner
   metrics_writer_service_account    = var.service_accounts.metrics_writer
   amp_workspace_arn                 = module.observability.amp_workspace_arn

@@ -117,14 +117,20 @@ variable "logs_final_action" {
 }
 
 variable "service_accounts" {
-  description = "Kubernetes service accounts that receive IRSA roles (must match the Helm values in charts/)."
+  description = "Kubernetes service accounts that receive IRSA roles (must match charts/airflow and charts/helical-platform): one per Airflow component, the runner, the metrics writer."
   type = object({
-    airflow        = object({ namespace = string, name = string })
+    airflow        = map(object({ namespace = string, name = string }))
     runner         = object({ namespace = string, name = string })
     metrics_writer = object({ namespace = string, name = string })
   })
   default = {
-    airflow        = { namespace = "airflow", name = "airflow" }
+    airflow = {
+      api-server    = { namespace = "airflow", name = "airflow-api-server" }
+      scheduler     = { namespace = "airflow", name = "airflow-scheduler" }
+      dag-processor = { namespace = "airflow", name = "airflow-dag-processor" }
+      triggerer     = { namespace = "airflow", name = "airflow-triggerer" }
+      worker        = { namespace = "airflow", name = "airflow-worker" }
+    }
     runner         = { namespace = "helical", name = "helical-runner" }
     metrics_writer = { namespace = "monitoring", name = "prometheus-agent" }
   }

@@ -4,6 +4,8 @@
 
 locals {
   oidc_host = var.oidc_provider_url == null ? "" : trimprefix(var.oidc_provider_url, "https://")
+  # Lets the policies below evaluate when create_irsa_roles is off and no buckets are given.
+  buckets = coalesce(var.buckets, { datasets = "", outputs = "", models = "", logs = "" })
 
   # S3 objects are SSE-KMS encrypted with the s3 key; reading or writing them
   # needs the key, but only when S3 itself calls KMS on the role's behalf.
@@ -15,26 +17,34 @@ locals {
     Condition = { StringEquals = { "kms:ViaService" = "s3.${local.region}.amazonaws.com" } }
   }
 
-  bucket_roles = { for k, v in {
-    airflow = {
-      service_account = var.airflow_service_account
-      description     = "Airflow components: read and write task logs in the logs bucket, nothing else"
-      policy = jsonencode({ Version = "2012-10-17", Statement = [
-        {
-          Sid      = "ListLogsBucket"
-          Effect   = "Allow"
-          Action   = ["s3:ListBucket", "s3:GetBucketLocation"]
-          Resource = var.buckets.logs
-        },
-        {
-          Sid      = "ReadWriteTaskLogs"
-          Effect   = "Allow"
-          Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
-          Resource = "${var.buckets.logs}/*"
-        },
-        local.use_s3_key,
-      ] })
+  # Task logs: every Airflow component reads and writes them (workers and
+  # the triggerer write, the API server serves them, the scheduler and DAG
+  # processor write their own), and nothing else.
+  airflow_logs_policy = jsonencode({ Version = "2012-10-17", Statement = [
+    {
+      Sid      = "ListLogsBucket"
+      Effect   = "Allow"
+      Action   = ["s3:ListBucket", "s3:GetBucketLocation"]
+      Resource = local.buckets.logs
+    },
+    {
+      Sid      = "ReadWriteTaskLogs"
+      Effect   = "Allow"
+      Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+      Resource = "${local.buckets.logs}/*"
+    },
+    local.use_s3_key,
+  ] })
+
+  airflow_roles = {
+    for component, sa in var.airflow_service_accounts : "airflow-${component}" => {
+      service_account = sa
+      description     = "Airflow ${component}: read and write task logs in the logs bucket, nothing else"
+      policy          = local.airflow_logs_policy
     }
+  }
+
+  bucket_roles = { for k, v in merge(local.airflow_roles, {
     runner = {
       service_account = var.runner_service_account
       description     = "helical-runner pods: read datasets and models, write outputs"
@@ -43,13 +53,13 @@ locals {
           Sid      = "ListOwnBuckets"
           Effect   = "Allow"
           Action   = ["s3:ListBucket", "s3:GetBucketLocation"]
-          Resource = [var.buckets.datasets, var.buckets.models, var.buckets.outputs]
+          Resource = [local.buckets.datasets, local.buckets.models, local.buckets.outputs]
         },
         {
           Sid      = "ReadDatasetsAndModels"
           Effect   = "Allow"
           Action   = ["s3:GetObject"]
-          Resource = ["${var.buckets.datasets}/*", "${var.buckets.models}/*"]
+          Resource = ["${local.buckets.datasets}/*", "${local.buckets.models}/*"]
         },
         {
           # Get: the runner skips shards whose output is already complete and
@@ -58,12 +68,12 @@ locals {
           Sid      = "ReadWriteOutputs"
           Effect   = "Allow"
           Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
-          Resource = "${var.buckets.outputs}/*"
+          Resource = "${local.buckets.outputs}/*"
         },
         local.use_s3_key,
       ] })
     }
-  } : k => v if var.create_irsa_roles }
+  }) : k => v if var.create_irsa_roles }
 
   metrics_role = { for k, v in {
     metrics_writer = {

@@ -3,9 +3,9 @@ output "kms_key_arns" {
   value       = { for k, key in aws_kms_key.this : k => key.arn }
 }
 
-output "airflow_role_arn" {
-  description = "IRSA role for the Airflow service account (annotate it with eks.amazonaws.com/role-arn); null when not created."
-  value       = try(aws_iam_role.irsa["airflow"].arn, null)
+output "airflow_role_arns" {
+  description = "IRSA role per Airflow component (api-server, scheduler, dag-processor, triggerer, worker): annotate that component's service account with eks.amazonaws.com/role-arn."
+  value       = { for component, _ in var.airflow_service_accounts : component => aws_iam_role.irsa["airflow-${component}"].arn if var.create_irsa_roles }
 }
 
 output "runner_role_arn" {

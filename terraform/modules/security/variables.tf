@@ -37,7 +37,7 @@ variable "kms_rotation_period_days" {
 }
 
 variable "create_irsa_roles" {
-  description = "Create the Airflow and helical-runner IRSA roles (needs oidc_provider_arn, oidc_provider_url and buckets)."
+  description = "Create the Airflow (one per component) and helical-runner IRSA roles (needs oidc_provider_arn, oidc_provider_url and buckets)."
   type        = bool
   default     = true
 
@@ -70,15 +70,18 @@ variable "oidc_provider_url" {
   default     = null
 }
 
-variable "airflow_service_account" {
-  description = "The one Kubernetes service account (namespace + name) that may assume the Airflow role."
-  type = object({
+variable "airflow_service_accounts" {
+  description = "Service account of each Airflow component (namespace + name, as the Airflow Helm chart creates them). Each gets its own role, trusted by that one account only, with the same logs-bucket access."
+  type = map(object({
     namespace = string
     name      = string
-  })
+  }))
   default = {
-    namespace = "airflow"
-    name      = "airflow"
+    api-server    = { namespace = "airflow", name = "airflow-api-server" }
+    scheduler     = { namespace = "airflow", name = "airflow-scheduler" }
+    dag-processor = { namespace = "airflow", name = "airflow-dag-processor" }
+    triggerer     = { namespace = "airflow", name = "airflow-triggerer" }
+    worker        = { namespace = "airflow", name = "airflow-worker" }
   }
 }
 

@@ -102,9 +102,9 @@ output "kms_key_arns" {
   value       = module.security.kms_key_arns
 }
 
-output "airflow_role_arn" {
-  description = "Airflow IRSA role."
-  value       = module.security.airflow_role_arn
+output "airflow_role_arns" {
+  description = "Airflow IRSA role per component."
+  value       = module.security.airflow_role_arns
 }
 
 output "runner_role_arn" {

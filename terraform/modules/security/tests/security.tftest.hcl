@@ -46,8 +46,11 @@ run "every_kms_key_rotates" {
 
 run "irsa_roles_trust_exactly_one_service_account" {
   assert {
-    condition     = toset(keys(aws_iam_role.irsa)) == toset(["airflow", "runner", "metrics_writer"])
-    error_message = "expected the airflow, runner and metrics_writer IRSA roles"
+    condition = toset(keys(aws_iam_role.irsa)) == toset([
+      "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
+      "runner", "metrics_writer",
+    ])
+    error_message = "expected one IRSA role per Airflow component, plus runner and metrics_writer"
   }
 
   assert {
@@ -61,10 +64,14 @@ run "irsa_roles_trust_exactly_one_service_account" {
   }
 
   assert {
-    condition = [for k in ["airflow", "runner", "metrics_writer"] :
+    condition = [for k in ["airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "runner", "metrics_writer"] :
       jsondecode(aws_iam_role.irsa[k].assume_role_policy).Statement[0].Condition.StringEquals["oidc.eks.eu-west-1.amazonaws.com/id/ABC:sub"]
       ] == [
-      "system:serviceaccount:airflow:airflow",
+      "system:serviceaccount:airflow:airflow-api-server",
+      "system:serviceaccount:airflow:airflow-scheduler",
+      "system:serviceaccount:airflow:airflow-dag-processor",
+      "system:serviceaccount:airflow:airflow-triggerer",
+      "system:serviceaccount:airflow:airflow-worker",
       "system:serviceaccount:helical:helical-runner",
       "system:serviceaccount:monitoring:prometheus-agent",
     ]
@@ -74,10 +81,12 @@ run "irsa_roles_trust_exactly_one_service_account" {
 
 run "irsa_policies_name_only_their_own_buckets" {
   assert {
-    condition = toset(flatten([for s in jsondecode(aws_iam_role_policy.irsa["airflow"].policy).Statement :
-      s.Resource if startswith(jsonencode(s.Action), "[\"s3:")
-    ])) == toset(["arn:aws:s3:::acme-logs", "arn:aws:s3:::acme-logs/*"])
-    error_message = "the Airflow role may touch only the logs bucket"
+    condition = alltrue([for k, p in aws_iam_role_policy.irsa : !startswith(k, "airflow-") ? true :
+      toset(flatten([for s in jsondecode(p.policy).Statement :
+        s.Resource if startswith(jsonencode(s.Action), "[\"s3:")
+      ])) == toset(["arn:aws:s3:::acme-logs", "arn:aws:s3:::acme-logs/*"])
+    ])
+    error_message = "the Airflow roles may touch only the logs bucket"
   }
 
   assert {
