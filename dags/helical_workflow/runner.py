@@ -6,6 +6,7 @@ backend (subprocess, Docker, Kubernetes pod) executes them.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ PASSTHROUGH_ENV = (
     "HELICAL_RUNNER_S3_ENDPOINT_URL",
     "HELICAL_RUNNER_LOG_FORMAT",
 )
+
+LOG = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -109,12 +112,15 @@ def raise_for_exit(code: int, *, what: str, message: str = "") -> None:
     if code == EXIT_OK:
         return
     detail = f": {message}" if message else ""
+    # Logged as well as raised: the decision must read plainly in the task log.
     if is_transient(code):
-        raise RunnerTransientError(
-            f"{what}: transient runner failure (exit {code}), will retry{detail}"
-        )
+        message = f"{what}: transient runner failure (exit {code}), will retry{detail}"
+        LOG.warning(message)
+        raise RunnerTransientError(message)
     kind = "bad input or configuration" if code == EXIT_BAD_INPUT else "runner error"
-    raise AirflowFailException(f"{what}: {kind} (exit {code}), not retried{detail}")
+    message = f"{what}: {kind} (exit {code}), not retried{detail}"
+    LOG.error(message)
+    raise AirflowFailException(message)
 
 
 def data_folder(uris: list[str]) -> Path | None:

@@ -195,16 +195,17 @@ class Airflow:
                 return found
 
     def log(self, run_id: str, ti) -> str:
-        """The task log text of one (mapped) task instance's last try."""
+        """The task log text of one (mapped) task instance's last try, one line per event."""
         content = self.api(af.TaskInstanceApi).get_log(
             DAG_ID, run_id, ti.task_id, ti.try_number, map_index=ti.map_index, full_content=True
         )
-        events = content.content if hasattr(content, "content") else content
-        return (
-            "\n".join(
-                e.event if hasattr(e, "event") else json.dumps(e) if not isinstance(e, str) else e
-                for e in (events or [])
-            )
-            if isinstance(events, list)
-            else str(events)
-        )
+        # the client wraps the anyOf(list[str], list[StructuredLogMessage]) payload
+        events = getattr(content.content, "actual_instance", content.content) or []
+        lines = []
+        for event in events:
+            if isinstance(event, str):
+                lines.append(event)
+            else:
+                extra = json.dumps(event.additional_properties, default=str)
+                lines.append(f"{event.event} {extra}")
+        return "\n".join(lines)
