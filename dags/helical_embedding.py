@@ -27,6 +27,7 @@ or `kubernetes`. See `docs/workflow.md`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import timedelta
@@ -284,9 +285,9 @@ def helical_embedding():
         failed = [d["name"] for d in record["datasets"] if d["status"] != "validated"]
         if failed:
             # The good datasets' outputs are complete, but the run must not look green.
-            raise AirflowFailException(
-                f"provenance written to {where}; failed validation: {failed}"
-            )
+            message = f"provenance written to {where}; failed validation: {failed}"
+            logging.getLogger(__name__).error(message)
+            raise AirflowFailException(message)
         return where
 
     datasets = resolve()
