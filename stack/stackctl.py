@@ -411,6 +411,8 @@ def airflow_env(stack: Stack, sec: dict) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{db}",
+        # Ride out a database restart (tens of seconds) instead of exiting after 3 tries.
+        "AIRFLOW__DATABASE__MAX_DB_RETRIES": "12",
         "AIRFLOW__CELERY__BROKER_URL": f"redis://:{sec['redis_password']}@127.0.0.1:{p['redis']}/0",
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{db}",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(stack.worker_concurrency),
@@ -456,9 +458,12 @@ def start_airflow(stack: Stack, sec: dict) -> None:
         "airflow-triggerer": [airflow, "triggerer"],
         "airflow-worker": [airflow, "celery", "worker", "--concurrency", str(stack.worker_concurrency)],
     }  # fmt: skip
+    supervise = [str(stack.airflow_venv / "bin" / "python"), str(REPO / "stack" / "supervise.py")]
     for name, argv in commands.items():
         if tracked_pid(stack, name) is None:
-            spawn(stack, name, argv, env=env)
+            # Restarted if it exits (e.g. the scheduler after a database outage), like
+            # compose's `restart: unless-stopped`; stop signals wrapper and child together.
+            spawn(stack, name, [*supervise, "--name", name, "--", *argv], env=env)
     wait_for(
         "airflow api-server", lambda: bool(airflow_health(stack)), 120, stack, "airflow-api-server"
     )
