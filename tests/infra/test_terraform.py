@@ -193,8 +193,8 @@ MUTATIONS = {
         ),
         (
             "irsa.tf",
-            "[var.buckets.datasets, var.buckets.models, var.buckets.outputs]",
-            "[var.buckets.datasets, var.buckets.models, var.buckets.outputs, var.buckets.logs]",
+            "[local.buckets.datasets, local.buckets.models, local.buckets.outputs]",
+            "[local.buckets.datasets, local.buckets.models, local.buckets.outputs, local.buckets.logs]",
             "the runner role may touch only",
         ),
     ],
