@@ -394,9 +394,18 @@ def test_every_component_has_requests_limits_and_pdbs_where_replicated() -> None
 @pytest.mark.parametrize("env", [None, "dev", "prod"])
 def test_every_airflow_service_account_carries_an_irsa_role(env: str | None) -> None:
     v = airflow_values(env)
-    for component in ("apiServer", "scheduler", "dagProcessor", "triggerer", "workers"):
+    # terraform's security module: one role per component, helical-<env>-airflow-<component>,
+    # each trusted by that component's service account only
+    roles = {
+        "apiServer": "api-server",
+        "scheduler": "scheduler",
+        "dagProcessor": "dag-processor",
+        "triggerer": "triggerer",
+        "workers": "worker",
+    }
+    for component, role in roles.items():
         arn = v[component]["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"]
-        assert arn.startswith("arn:aws:iam::") and ":role/" in arn, component
+        assert arn.startswith("arn:aws:iam::") and arn.endswith(f"-airflow-{role}"), component
         if env:
             assert f"-{env}-" in arn, f"{component}: {env} must not use another env's role"
 
