@@ -23,11 +23,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TF_SRC = ROOT / "terraform"
@@ -537,7 +538,7 @@ def test_moto_destroy_removes_everything(moto_stack: MotoStack, moto_endpoint: s
     assert not {n for n in iam_roles if n.startswith("helical-moto-")}, iam_roles
 
 
-# --- 3b. the whole prod env, planned by the real provider against moto ----
+# --- 3b. the whole envs, planned by the real provider against moto --------
 
 PROD_OVERRIDE = """
 # Written by tests/infra/test_terraform.py into a temporary copy only.
@@ -573,17 +574,92 @@ def _planned_resources(module: dict) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="module")
-def prod_plan(
+def env_plan(
     tmp_path_factory: pytest.TempPathFactory, mirror_config: Path, moto_endpoint: str
-) -> list[dict]:
-    """Every resource of envs/prod as the real provider plans it (data sources read from moto)."""
-    env_dir = _copy_tree(tmp_path_factory.mktemp("prod")) / "terraform" / "envs" / "prod"
-    (env_dir / "test_override.tf").write_text(PROD_OVERRIDE.replace("ENDPOINT", moto_endpoint))
-    _ok(_tf(["init", "-input=false"], env_dir), "init envs/prod (local backend)")
-    variables = ["-var", "bucket_prefix=acme-helical-prod"]
-    _ok(_tf(["plan", "-input=false", "-out=prod.tfplan", *variables], env_dir), "plan envs/prod")
-    plan = json.loads(_ok(_tf(["show", "-json", "prod.tfplan"], env_dir), "show plan"))
-    return list(_planned_resources(plan["planned_values"]["root_module"]))
+) -> Callable[[str], list[dict]]:
+    """Every resource of envs/<env> as the real provider plans it (data sources read from moto)."""
+    plans: dict[str, list[dict]] = {}
+
+    def planned(env: str) -> list[dict]:
+        if env not in plans:
+            env_dir = _copy_tree(tmp_path_factory.mktemp(env)) / "terraform" / "envs" / env
+            (env_dir / "test_override.tf").write_text(
+                PROD_OVERRIDE.replace("ENDPOINT", moto_endpoint)
+            )
+            _ok(_tf(["init", "-input=false"], env_dir), f"init envs/{env} (local backend)")
+            variables = ["-var", f"bucket_prefix=acme-helical-{env}"]
+            _ok(
+                _tf(["plan", "-input=false", f"-out={env}.tfplan", *variables], env_dir),
+                f"plan envs/{env}",
+            )
+            plan = json.loads(_ok(_tf(["show", "-json", f"{env}.tfplan"], env_dir), "show plan"))
+            plans[env] = list(_planned_resources(plan["planned_values"]["root_module"]))
+        return plans[env]
+
+    return planned
+
+
+@pytest.fixture(scope="module")
+def prod_plan(env_plan: Callable[[str], list[dict]]) -> list[dict]:
+    return env_plan("prod")
+
+
+# vCPUs, memory GiB, GPUs and the GPU model (the helical.ai/gpu-type label) of
+# the instance types our node groups use (AWS instance type pages). A new type
+# in a node group must be added here, so the fit check below cannot be skipped.
+GPU_INSTANCES = {
+    "g5.xlarge": (4, 16, 1, "nvidia-a10g", 24),
+    "g5.2xlarge": (8, 32, 1, "nvidia-a10g", 24),
+    "g5.4xlarge": (16, 64, 1, "nvidia-a10g", 24),
+    "g6e.xlarge": (4, 32, 1, "nvidia-l40s", 48),
+    "g6e.2xlarge": (8, 64, 1, "nvidia-l40s", 48),
+    "g6e.4xlarge": (16, 128, 1, "nvidia-l40s", 48),
+}
+PROFILES = ROOT / "runners" / "helical-runner" / "src" / "helical_runner" / "profiles"
+
+
+def _gib(quantity: str) -> float:
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * factor
+    return float(quantity) / 2**30
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_profile_gpu_lands_on_a_node_group_that_fits_it(
+    env_plan: Callable[[str], list[dict]], env: str
+) -> None:
+    """A runner pod selects nodes by helical.ai/gpu-type: without a group that carries
+    the label and fits its requests, it would stay Pending and its pool would sit idle."""
+    groups = [r["values"] for r in env_plan(env) if r["type"] == "aws_eks_node_group"]
+    profiles = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(PROFILES.glob("*.yaml"))}
+    assert {"geneformer", "scgpt", "uce"} <= profiles.keys()
+    for model, profile in profiles.items():
+        res = profile["resources"]
+        gpu = res.get("gpu")
+        if not gpu:
+            continue
+        label = gpu["type"]
+        fitting = [g for g in groups if (g.get("labels") or {}).get("helical.ai/gpu-type") == label]
+        assert fitting, f"{env}: {model} asks for {label} but no node group carries that label"
+        for group in fitting:
+            name = group["node_group_name"]
+            assert "NVIDIA" in group["ami_type"], f"{env}/{name}: not a GPU AMI"
+            assert {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"} in [
+                {k: t[k] for k in ("key", "value", "effect")} for t in group["taint"]
+            ], f"{env}/{name}: GPU nodes must be tainted"
+            assert group["scaling_config"][0]["max_size"] >= 1, f"{env}/{name} cannot scale up"
+            for itype in group["instance_types"]:
+                assert itype in GPU_INSTANCES, f"add {itype} to GPU_INSTANCES"
+                vcpu, mem, gpus, model_label, gpu_gib = GPU_INSTANCES[itype]
+                assert model_label == label, f"{env}/{name}: {itype} is {model_label}, not {label}"
+                assert gpus >= gpu["count"] and gpu_gib >= gpu["min_memory_gib"], (
+                    f"{env}/{name}: {itype} lacks GPUs for {model}"
+                )
+                # kubelet/system reservations and daemonsets take ~0.5 vCPU and ~10% + 1 GiB
+                assert float(res["cpu"]) <= vcpu - 0.5, f"{env}/{name}: {itype} CPU < {model}"
+                assert _gib(res["memory"]) <= 0.9 * mem - 1, f"{env}/{name}: {itype} RAM < {model}"
 
 
 def test_prod_plan_opens_only_the_load_balancer_to_the_internet(prod_plan: list[dict]) -> None:

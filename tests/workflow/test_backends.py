@@ -124,12 +124,12 @@ def test_json_commands_write_the_xcom_file_and_keep_the_exit_code():
     assert any(c["name"] == "airflow-xcom-sidecar" for c in spec["spec"]["containers"])
 
 
-def test_a100_profile_lands_on_a100_nodes():
+def test_uce_profile_lands_on_l40s_nodes():
     op = containers.kubernetes_operator(
         task_id="t", argv=["embed"], profile=profiles.load_profile("uce"), env={}
     )
     spec = _render(op)
-    assert spec["spec"]["nodeSelector"] == {"helical.ai/gpu-type": "nvidia-a100"}
+    assert spec["spec"]["nodeSelector"] == {"helical.ai/gpu-type": "nvidia-l40s"}
     assert spec["spec"]["containers"][0]["resources"]["limits"]["memory"] == "48Gi"
 
 

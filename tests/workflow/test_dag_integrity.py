@@ -36,7 +36,7 @@ def test_one_embed_task_per_gpu_pool(dagbag):
     dag = dagbag.dags["helical_embedding"]
     embeds = {t.task_id: t for t in dag.tasks if t.task_id.startswith("embed_")}
     assert {t.pool for t in embeds.values()} == set(profiles.known_pools())
-    assert {"gpu-nvidia-a10g", "gpu-nvidia-a100"} <= set(profiles.known_pools())
+    assert {"gpu-nvidia-a10g", "gpu-nvidia-l40s"} <= set(profiles.known_pools())
     for task in embeds.values():
         # UCE's profile asks 240 min; the task timeout covers the longest profile in its pool
         longest = max(
@@ -65,7 +65,7 @@ def test_graph_order(dagbag):
     dag = dagbag.dags["helical_embedding"]
     assert dag.get_task("validate").upstream_task_ids == {"resolve"}
     assert dag.get_task("plan_shards").trigger_rule == "all_done"
-    assert {"embed_gpu_nvidia_a10g", "embed_gpu_nvidia_a100"} <= dag.get_task(
+    assert {"embed_gpu_nvidia_a10g", "embed_gpu_nvidia_l40s"} <= dag.get_task(
         "merge"
     ).upstream_task_ids
     assert "merge" in dag.get_task("report").upstream_task_ids

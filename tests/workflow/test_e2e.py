@@ -48,8 +48,8 @@ def test_every_mapped_task_succeeded(airflow, good_run):
     }
     assert len([k for k in tis if k[0] == "merge"]) == 4
     assert len([k for k in tis if k[0] == "report"]) == 2
-    # no GPU type asked for the A100 pool: that embed task had nothing to map
-    assert str(tis[("embed_gpu_nvidia_a100", -1)].state.value) == "skipped"
+    # no GPU type asked for the L40S pool: that embed task had nothing to map
+    assert str(tis[("embed_gpu_nvidia_l40s", -1)].state.value) == "skipped"
 
 
 def _run_root(airflow, run_id) -> Path:

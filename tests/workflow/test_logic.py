@@ -23,7 +23,7 @@ def test_profiles_come_from_the_runner_yaml():
 def test_overrides_merge_deeply_and_unknown_fields_are_refused():
     p = profiles.load_profile("uce", {"cells_per_shard": 7, "resources": {"memory": "8Gi"}})
     assert p["cells_per_shard"] == 7
-    assert p["resources"]["memory"] == "8Gi" and p["resources"]["gpu"]["type"] == "nvidia-a100"
+    assert p["resources"]["memory"] == "8Gi" and p["resources"]["gpu"]["type"] == "nvidia-l40s"
     with pytest.raises(profiles.ProfileError, match="not allowed"):
         profiles.load_profile("uce", {"helical_model_name": "other"})
     with pytest.raises(profiles.ProfileError, match="positive integer"):
@@ -103,7 +103,7 @@ def test_plan_groups_shards_by_pool_and_keeps_merge_order():
     )
     gf = planned["shards"]["gpu-nvidia-a10g"]
     assert [(s["start"], s["stop"]) for s in gf] == [(0, 10), (10, 20), (20, 25)]
-    assert [(s["start"], s["stop"]) for s in planned["shards"]["gpu-nvidia-a100"]] == [
+    assert [(s["start"], s["stop"]) for s in planned["shards"]["gpu-nvidia-l40s"]] == [
         (0, 20),
         (20, 25),
     ]

@@ -37,7 +37,7 @@ module "platform" {
       labels         = { "helical.ai/pool" = "cpu" }
     }
     gpu = {
-      instance_types = ["g5.xlarge", "g5.2xlarge"] # both A10G: the gpu-type label stays true
+      instance_types = ["g5.2xlarge"] # A10G; 8 vCPU / 32 GiB so a Geneformer or scGPT pod (4 CPU, 24Gi) fits
       capacity_type  = "SPOT"
       ami_type       = "AL2023_x86_64_NVIDIA"
       min_size       = 0
@@ -45,6 +45,17 @@ module "platform" {
       desired_size   = 0
       disk_size_gib  = 150
       labels         = { "helical.ai/pool" = "gpu", "helical.ai/gpu-type" = "nvidia-a10g" }
+      taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+    }
+    gpu-l40s = {
+      instance_types = ["g6e.2xlarge"] # L40S 48 GB, 8 vCPU / 64 GiB: a UCE pod (6 CPU, 48Gi) fits
+      capacity_type  = "SPOT"
+      ami_type       = "AL2023_x86_64_NVIDIA"
+      min_size       = 0
+      max_size       = 1
+      desired_size   = 0
+      disk_size_gib  = 150
+      labels         = { "helical.ai/pool" = "gpu", "helical.ai/gpu-type" = "nvidia-l40s" }
       taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
     }
   }

@@ -48,5 +48,16 @@ module "platform" {
       labels         = { "helical.ai/pool" = "gpu", "helical.ai/gpu-type" = "nvidia-a10g" }
       taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
     }
+    gpu-l40s = {
+      instance_types = ["g6e.2xlarge"] # L40S 48 GB, 8 vCPU / 64 GiB: a UCE pod (6 CPU, 48Gi) fits
+      capacity_type  = "ON_DEMAND"
+      ami_type       = "AL2023_x86_64_NVIDIA"
+      min_size       = 0
+      max_size       = 4
+      desired_size   = 0
+      disk_size_gib  = 300
+      labels         = { "helical.ai/pool" = "gpu", "helical.ai/gpu-type" = "nvidia-l40s" }
+      taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+    }
   }
 }

@@ -118,14 +118,26 @@ variable "node_groups" {
       desired_size   = 1
       labels         = { "helical.ai/pool" = "cpu" }
     }
+    # One group per GPU type a runner profile asks for (resources.gpu.type):
+    # the DAG's pods select nodes by the helical.ai/gpu-type label.
     gpu = {
-      instance_types = ["g5.xlarge"]
+      instance_types = ["g5.2xlarge"] # 8 vCPU / 32 GiB: a Geneformer or scGPT pod (4 CPU, 24Gi) fits
       ami_type       = "AL2023_x86_64_NVIDIA"
       min_size       = 0
       max_size       = 4
       desired_size   = 0
       disk_size_gib  = 200
       labels         = { "helical.ai/pool" = "gpu", "helical.ai/gpu-type" = "nvidia-a10g" }
+      taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+    }
+    gpu-l40s = {
+      instance_types = ["g6e.2xlarge"] # 8 vCPU / 64 GiB / L40S 48 GB: a UCE pod (6 CPU, 48Gi) fits
+      ami_type       = "AL2023_x86_64_NVIDIA"
+      min_size       = 0
+      max_size       = 2
+      desired_size   = 0
+      disk_size_gib  = 200
+      labels         = { "helical.ai/pool" = "gpu", "helical.ai/gpu-type" = "nvidia-l40s" }
       taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
     }
   }

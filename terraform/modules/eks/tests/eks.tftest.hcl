@@ -42,13 +42,19 @@ run "private_encrypted_fully_logged_control_plane" {
 
 run "gpu_nodes_are_tainted_and_nodes_hardened" {
   assert {
-    condition     = toset(keys(aws_eks_node_group.this)) == toset(["system", "cpu", "gpu"])
-    error_message = "expected system, cpu and gpu node groups"
+    condition     = toset(keys(aws_eks_node_group.this)) == toset(["system", "cpu", "gpu", "gpu-l40s"])
+    error_message = "expected system, cpu and one GPU node group per profile GPU type (gpu, gpu-l40s)"
   }
 
   assert {
-    condition     = [for t in aws_eks_node_group.this["gpu"].taint : "${t.key}=${t.value}:${t.effect}"] == ["nvidia.com/gpu=true:NO_SCHEDULE"]
+    condition = alltrue([for g in ["gpu", "gpu-l40s"] :
+    [for t in aws_eks_node_group.this[g].taint : "${t.key}=${t.value}:${t.effect}"] == ["nvidia.com/gpu=true:NO_SCHEDULE"]])
     error_message = "GPU nodes must carry nvidia.com/gpu=true:NoSchedule"
+  }
+
+  assert {
+    condition     = aws_eks_node_group.this["gpu"].labels["helical.ai/gpu-type"] == "nvidia-a10g" && aws_eks_node_group.this["gpu-l40s"].labels["helical.ai/gpu-type"] == "nvidia-l40s"
+    error_message = "GPU node groups must carry the helical.ai/gpu-type label the runner pods select"
   }
 
   assert {
