@@ -44,7 +44,11 @@ variable "single_nat_gateway" {
 variable "interface_endpoints" {
   description = "AWS services reached through interface VPC endpoints instead of the NAT gateway (names after com.amazonaws.<region>.)."
   type        = list(string)
-  default     = ["ecr.api", "ecr.dkr", "sts", "logs", "secretsmanager", "kms"]
+  # ecr/sts/logs/secretsmanager/kms: image pulls, IRSA, Fluent Bit, secrets.
+  # aps-workspaces: the Prometheus agent's remote write to AMP. autoscaling +
+  # ec2: the cluster autoscaler. The NetworkPolicies allow 443 only inside
+  # the VPC, so each of these calls must find an endpoint there.
+  default = ["ecr.api", "ecr.dkr", "sts", "logs", "secretsmanager", "kms", "aps-workspaces", "autoscaling", "ec2"]
 }
 
 variable "flow_log_retention_days" {

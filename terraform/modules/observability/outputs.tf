@@ -23,6 +23,11 @@ output "grafana_endpoint" {
   value       = try("https://${aws_grafana_workspace.this[0].endpoint}", null)
 }
 
+output "log_group_arns" {
+  description = "Application log group ARNs by component (the Fluent Bit IRSA role is scoped to them)."
+  value       = { for k, g in aws_cloudwatch_log_group.app : k => g.arn }
+}
+
 output "log_group_names" {
   description = "Application log group names by component."
   value       = { for k, g in aws_cloudwatch_log_group.app : k => g.name }

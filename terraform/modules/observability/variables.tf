@@ -33,7 +33,8 @@ variable "log_retention_days" {
 variable "log_groups" {
   description = "Application log groups created as /helical/<name>/<entry> (Fluent Bit ships each component's stdout there)."
   type        = list(string)
-  default     = ["airflow/api-server", "airflow/scheduler", "airflow/dag-processor", "airflow/triggerer", "airflow/worker", "runner"]
+  # airflow/unlabelled: where k8s/logging/fluent-bit.yaml sends Airflow pods without a component label.
+  default = ["airflow/api-server", "airflow/scheduler", "airflow/dag-processor", "airflow/triggerer", "airflow/worker", "airflow/unlabelled", "runner"]
 }
 
 variable "create_grafana" {

@@ -22,6 +22,8 @@ module "security" {
   airflow_service_accounts          = var.service_accounts.airflow
   runner_service_account            = var.service_accounts.runner
   metrics_writer_service_account    = var.service_accounts.metrics_writer
+  log_shipper_service_account       = var.service_accounts.log_shipper
+  log_group_arns                    = values(module.observability.log_group_arns)
   amp_workspace_arn                 = module.observability.amp_workspace_arn
   cloudtrail_bucket_name            = module.storage.audit_bucket_name
   cloudtrail_log_retention_days     = var.log_retention_days

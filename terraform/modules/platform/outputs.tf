@@ -19,12 +19,13 @@ output "bucket_names" {
 }
 
 output "irsa_role_arns" {
-  description = "IRSA role ARNs to annotate service accounts with (eks.amazonaws.com/role-arn): airflow-<component>, runner, metrics_writer, cluster_autoscaler."
+  description = "IRSA role ARNs to annotate service accounts with (eks.amazonaws.com/role-arn): airflow-<component>, runner, metrics_writer, fluent_bit, cluster_autoscaler."
   value = merge(
     { for component, arn in module.security.airflow_role_arns : "airflow-${component}" => arn },
     {
       runner             = module.security.runner_role_arn
       metrics_writer     = module.security.metrics_writer_role_arn
+      fluent_bit         = module.security.log_shipper_role_arn
       cluster_autoscaler = module.eks.cluster_autoscaler_role_arn
     },
   )

@@ -117,11 +117,12 @@ variable "logs_final_action" {
 }
 
 variable "service_accounts" {
-  description = "Kubernetes service accounts that receive IRSA roles (must match charts/airflow and charts/helical-platform): one per Airflow component, the runner, the metrics writer."
+  description = "Kubernetes service accounts that receive IRSA roles (must match charts/airflow and charts/helical-platform): one per Airflow component, the runner, the metrics writer, the log shipper (Fluent Bit)."
   type = object({
     airflow        = map(object({ namespace = string, name = string }))
     runner         = object({ namespace = string, name = string })
     metrics_writer = object({ namespace = string, name = string })
+    log_shipper    = object({ namespace = string, name = string })
   })
   default = {
     airflow = {
@@ -133,5 +134,6 @@ variable "service_accounts" {
     }
     runner         = { namespace = "helical", name = "helical-runner" }
     metrics_writer = { namespace = "monitoring", name = "prometheus-agent" }
+    log_shipper    = { namespace = "kube-system", name = "fluent-bit" }
   }
 }

@@ -88,7 +88,23 @@ locals {
     }
   } : k => v if var.create_metrics_writer_role }
 
-  irsa_roles = merge(local.bucket_roles, local.metrics_role)
+  # Fluent Bit ships container stdout to the platform's log groups: it may
+  # add streams and events there and nowhere else (no CreateLogGroup: the
+  # groups, their KMS key and retention belong to terraform).
+  log_shipper_role = { for k, v in {
+    fluent_bit = {
+      service_account = var.log_shipper_service_account
+      description     = "Fluent Bit: write container logs into the platform's CloudWatch log groups only"
+      policy = jsonencode({ Version = "2012-10-17", Statement = [{
+        Sid      = "WriteOwnLogGroups"
+        Effect   = "Allow"
+        Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+        Resource = [for arn in coalesce(var.log_group_arns, []) : "${trimsuffix(arn, ":*")}:*"]
+      }] })
+    }
+  } : k => v if var.create_log_shipper_role }
+
+  irsa_roles = merge(local.bucket_roles, local.metrics_role, local.log_shipper_role)
 }
 
 resource "aws_iam_role" "irsa" {

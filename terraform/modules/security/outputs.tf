@@ -18,6 +18,11 @@ output "metrics_writer_role_arn" {
   value       = try(aws_iam_role.irsa["metrics_writer"].arn, null)
 }
 
+output "log_shipper_role_arn" {
+  description = "IRSA role for Fluent Bit (kube-system/fluent-bit), which writes container logs into the platform's log groups; null when not created."
+  value       = try(aws_iam_role.irsa["fluent_bit"].arn, null)
+}
+
 output "cloudtrail_arn" {
   description = "ARN of the multi-region trail; null when disabled."
   value       = try(aws_cloudtrail.this[0].arn, null)

@@ -58,6 +58,17 @@ variable "create_metrics_writer_role" {
   }
 }
 
+variable "create_log_shipper_role" {
+  description = "Create the IRSA role Fluent Bit uses to write container logs (needs the OIDC inputs and log_group_arns)."
+  type        = bool
+  default     = true
+
+  validation {
+    condition     = !var.create_log_shipper_role || (var.oidc_provider_arn != null && var.oidc_provider_url != null && length(coalesce(var.log_group_arns, [])) > 0)
+    error_message = "create_log_shipper_role needs oidc_provider_arn, oidc_provider_url and log_group_arns."
+  }
+}
+
 variable "oidc_provider_arn" {
   description = "ARN of the EKS cluster's IAM OIDC provider; every IRSA role trusts only it."
   type        = string
@@ -107,6 +118,24 @@ variable "metrics_writer_service_account" {
     namespace = "monitoring"
     name      = "prometheus-agent"
   }
+}
+
+variable "log_shipper_service_account" {
+  description = "The one Kubernetes service account (namespace + name) that may write container logs into CloudWatch (k8s/logging/fluent-bit.yaml)."
+  type = object({
+    namespace = string
+    name      = string
+  })
+  default = {
+    namespace = "kube-system"
+    name      = "fluent-bit"
+  }
+}
+
+variable "log_group_arns" {
+  description = "ARNs of the CloudWatch log groups the log-shipper role may write to (the observability module's application groups)."
+  type        = list(string)
+  default     = null
 }
 
 variable "buckets" {

@@ -65,6 +65,7 @@ module "security" {
   cloudtrail_bucket_name     = module.storage.audit_bucket_name
   enable_access_analyzer     = false
   create_metrics_writer_role = false
+  create_log_shipper_role    = false
   kms_deletion_window_days   = 7
   buckets = {
     datasets = module.storage.bucket_arns["datasets"]

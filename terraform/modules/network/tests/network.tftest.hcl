@@ -68,8 +68,8 @@ run "endpoints_and_flow_logs" {
   }
 
   assert {
-    condition     = toset(keys(aws_vpc_endpoint.interface)) == toset(["ecr.api", "ecr.dkr", "sts", "logs", "secretsmanager", "kms"])
-    error_message = "ECR, STS, Logs, Secrets Manager and KMS need interface endpoints"
+    condition     = toset(keys(aws_vpc_endpoint.interface)) == toset(["ecr.api", "ecr.dkr", "sts", "logs", "secretsmanager", "kms", "aps-workspaces", "autoscaling", "ec2"])
+    error_message = "ECR, STS, Logs, Secrets Manager, KMS, AMP (aps-workspaces), Auto Scaling and EC2 need interface endpoints"
   }
 
   assert {

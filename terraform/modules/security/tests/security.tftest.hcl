@@ -6,10 +6,14 @@ mock_provider "aws" {
 }
 
 variables {
-  name                   = "helical-test"
-  oidc_provider_arn      = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC"
-  oidc_provider_url      = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC"
-  amp_workspace_arn      = "arn:aws:aps:eu-west-1:123456789012:workspace/ws-1"
+  name              = "helical-test"
+  oidc_provider_arn = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC"
+  oidc_provider_url = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC"
+  amp_workspace_arn = "arn:aws:aps:eu-west-1:123456789012:workspace/ws-1"
+  log_group_arns = [
+    "arn:aws:logs:eu-west-1:123456789012:log-group:/helical/helical-test/runner",
+    "arn:aws:logs:eu-west-1:123456789012:log-group:/helical/helical-test/airflow/worker:*",
+  ]
   cloudtrail_bucket_name = "acme-helical-test-audit"
   buckets = {
     datasets = "arn:aws:s3:::acme-datasets"
@@ -48,9 +52,9 @@ run "irsa_roles_trust_exactly_one_service_account" {
   assert {
     condition = toset(keys(aws_iam_role.irsa)) == toset([
       "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
-      "runner", "metrics_writer",
+      "runner", "metrics_writer", "fluent_bit",
     ])
-    error_message = "expected one IRSA role per Airflow component, plus runner and metrics_writer"
+    error_message = "expected one IRSA role per Airflow component, plus runner, metrics_writer and fluent_bit"
   }
 
   assert {
@@ -64,7 +68,7 @@ run "irsa_roles_trust_exactly_one_service_account" {
   }
 
   assert {
-    condition = [for k in ["airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "runner", "metrics_writer"] :
+    condition = [for k in ["airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "runner", "metrics_writer", "fluent_bit"] :
       jsondecode(aws_iam_role.irsa[k].assume_role_policy).Statement[0].Condition.StringEquals["oidc.eks.eu-west-1.amazonaws.com/id/ABC:sub"]
       ] == [
       "system:serviceaccount:airflow:airflow-api-server",
@@ -74,6 +78,7 @@ run "irsa_roles_trust_exactly_one_service_account" {
       "system:serviceaccount:airflow:airflow-worker",
       "system:serviceaccount:helical:helical-runner",
       "system:serviceaccount:monitoring:prometheus-agent",
+      "system:serviceaccount:kube-system:fluent-bit",
     ]
     error_message = "each IRSA role must trust exactly its own service account (no wildcards)"
   }
@@ -105,6 +110,16 @@ run "irsa_policies_name_only_their_own_buckets" {
       s.Resource == "arn:aws:s3:::acme-outputs/*"
     ])
     error_message = "the runner may write and delete only in the outputs bucket"
+  }
+
+  assert {
+    condition = jsondecode(aws_iam_role_policy.irsa["fluent_bit"].policy).Statement == [{
+      Sid      = "WriteOwnLogGroups"
+      Effect   = "Allow"
+      Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+      Resource = ["arn:aws:logs:eu-west-1:123456789012:log-group:/helical/helical-test/runner:*", "arn:aws:logs:eu-west-1:123456789012:log-group:/helical/helical-test/airflow/worker:*"]
+    }]
+    error_message = "Fluent Bit may only add streams and events to the platform's own log groups (no CreateLogGroup, no S3)"
   }
 
   assert {
@@ -143,5 +158,5 @@ run "irsa_roles_need_their_inputs" {
     oidc_provider_arn = null
   }
 
-  expect_failures = [var.create_irsa_roles, var.create_metrics_writer_role]
+  expect_failures = [var.create_irsa_roles, var.create_metrics_writer_role, var.create_log_shipper_role]
 }
