@@ -229,3 +229,43 @@ def test_report_compares_models_with_a_pca_baseline(tmp_path, datasets, full_run
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "DEMO weights" in page and "umap_scgpt.png" in page and "manifest: geneformer" in page
+
+
+def test_report_reads_and_writes_s3(moto_s3, datasets, full_runs):
+    """On Kubernetes the run root is s3://: the report must land there, not stay in the pod."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_s3)
+    s3.create_bucket(Bucket="reports")
+    s3.upload_file(str(datasets["ensembl-csr"]), "reports", "in/a.h5ad")
+    emb = full_runs["geneformer"]
+    s3.upload_file(str(emb), "reports", "run/a/embeddings/geneformer.h5ad")
+    s3.upload_file(
+        f"{emb}.manifest.json", "reports", "run/a/embeddings/geneformer.h5ad.manifest.json"
+    )
+    code = run(
+        "report",
+        "--dataset",
+        "s3://reports/in/a.h5ad",
+        "--embeddings",
+        "s3://reports/run/a/embeddings/geneformer.h5ad",
+        "--output",
+        "s3://reports/run/a/report",
+        "--max-cells",
+        "300",
+    )
+    assert code == 0
+    listed = s3.list_objects_v2(Bucket="reports", Prefix="run/a/report/")["Contents"]
+    assert {o["Key"].rsplit("/", 1)[1] for o in listed} == {
+        "report.html",
+        "metrics.json",
+        "metrics.png",
+        "umap_pca_baseline.png",
+        "umap_geneformer.png",
+    }
+    page = s3.get_object(Bucket="reports", Key="run/a/report/report.html")["Body"].read()
+    assert b"umap_geneformer.png" in page and b"manifest: geneformer" in page
+    metrics = json.loads(
+        s3.get_object(Bucket="reports", Key="run/a/report/metrics.json")["Body"].read()
+    )
+    assert metrics["cells_evaluated"] == 300 and metrics["dataset"] == "s3://reports/in/a.h5ad"

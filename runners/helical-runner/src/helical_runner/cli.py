@@ -91,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--embeddings", required=True, nargs="+", help="embedding outputs of this dataset"
     )
-    p.add_argument("--output", required=True, help="report folder (local path)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="report folder: a local path or an s3:// prefix (report.html is written last)",
+    )
     p.add_argument("--label-key", default="cell_type")
     p.add_argument(
         "--max-cells", type=int, default=20000, help="evaluate on at most this many cells"
@@ -225,16 +229,33 @@ def cmd_merge(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import tempfile
+
+    from . import storage
     from .report import build_report
 
-    path = build_report(
-        dataset=args.dataset,
-        embeddings=args.embeddings,
-        out_dir=Path(args.output),
-        label_key=args.label_key,
-        max_cells=args.max_cells,
-    )
-    print(f"report written to {path}")
+    out = storage.parse(args.output)
+
+    def build(out_dir: Path) -> Path:
+        return build_report(
+            dataset=args.dataset,
+            embeddings=args.embeddings,
+            out_dir=out_dir,
+            label_key=args.label_key,
+            max_cells=args.max_cells,
+        )
+
+    if not out.is_s3:
+        print(f"report written to {build(out.path)}")
+        return 0
+    # S3: render locally, then upload; report.html goes last so a visible
+    # report.html always has its figures and metrics beside it.
+    with tempfile.TemporaryDirectory(prefix="helical-report-") as tmp:
+        page = build(Path(tmp))
+        files = sorted(p for p in Path(tmp).iterdir() if p.is_file() and p != page)
+        for path in [*files, page]:
+            storage.put_file(path, out.child(path.name))
+    print(f"report written to {out.child(page.name).uri}")
     return 0
 
 
