@@ -220,8 +220,10 @@ def helical_embedding():
         )
         return {k: shard[k] for k in ("dataset", "model", "start", "stop", "output")}
 
+    # all_done: a failed shard fails only its own dataset x model
+    # (the runner's merge names the missing shard); the other merges go on.
     @task(
-        trigger_rule="none_failed",
+        trigger_rule="all_done",
         outlets=[EMBEDDINGS],
         map_index_template="{{ merge['dataset_name'] }}/{{ merge['model'] }}",
     )
@@ -240,14 +242,31 @@ def helical_embedding():
         ctx["outlet_events"][EMBEDDINGS].extra = result
         return result
 
-    @task(outlets=[REPORTS], map_index_template="{{ job['dataset_name'] }}")
-    def report(job: dict, params=None) -> dict:
+    @task(
+        trigger_rule="all_done",
+        outlets=[REPORTS],
+        map_index_template="{{ job['dataset_name'] }}",
+    )
+    def report(job: dict, merged: list, params=None) -> dict:
         """kNN label transfer + silhouette vs a PCA baseline, UMAPs, `report.html`."""
         ctx = get_current_context()
+        done = {m["output"] for m in (merged or []) if m}
+        embeddings = [e for e in job["embeddings"] if e in done]
+        missing = [e for e in job["embeddings"] if e not in done]
+        if not embeddings:
+            message = (
+                f"no embedding of {job['dataset_name']} was merged; see its embed and merge tasks"
+            )
+            logging.getLogger(__name__).error(message)
+            raise AirflowFailException(message)
+        if missing:
+            logging.getLogger(__name__).warning(
+                "reporting %s without %s: their merge failed", job["dataset_name"], missing
+            )
         run_runner(
             runner.report_args(
                 dataset=job["dataset"],
-                embeddings=job["embeddings"],
+                embeddings=embeddings,
                 output_dir=job["output_dir"],
                 label_key=params["label_key"],
             ),
@@ -256,7 +275,11 @@ def helical_embedding():
             local_paths=[job["dataset"]],
             output_root=job["output_dir"].rsplit("/", 2)[0],
         )
-        result = {**job, "html": plan.join(job["output_dir"], "report.html")}
+        result = {
+            **job,
+            "embeddings": embeddings,
+            "html": plan.join(job["output_dir"], "report.html"),
+        }
         ctx["outlet_events"][REPORTS].extra = {"dataset": job["dataset"], "html": result["html"]}
         return result
 
@@ -264,6 +287,7 @@ def helical_embedding():
     def record_provenance(
         datasets: list,
         validated: list,
+        planned: dict,
         merged: list,
         reports: list,
         params=None,
@@ -277,15 +301,29 @@ def helical_embedding():
             params=dict(params),
             datasets=datasets or [],
             validated=[v for v in (validated or []) if v],
+            planned=planned or {},
             merged=[m for m in (merged or []) if m],
             reports=[r for r in (reports or []) if r],
         )
         run_root = plan.join(params["output_root"], plan.safe_run_id(run_id))
         where = provenance.write_record(record, run_root)
+        problems = []
         failed = [d["name"] for d in record["datasets"] if d["status"] != "validated"]
         if failed:
-            # The good datasets' outputs are complete, but the run must not look green.
-            message = f"provenance written to {where}; failed validation: {failed}"
+            problems.append(f"failed validation: {failed}")
+        missing = [
+            f"{o['dataset_name']}/{o['model']}"
+            for o in record["outputs"]
+            if o["status"] != "merged"
+        ]
+        if missing:
+            problems.append(f"outputs missing (an embed or merge task failed): {missing}")
+        unreported = [r["dataset_name"] for r in record["reports"] if r["status"] != "written"]
+        if unreported:
+            problems.append(f"reports missing: {unreported}")
+        if problems:
+            # The good outputs are complete, but the run must not look green.
+            message = f"provenance written to {where}; " + "; ".join(problems)
             logging.getLogger(__name__).error(message)
             raise AirflowFailException(message)
         return where
@@ -305,9 +343,10 @@ def helical_embedding():
         )
     merged = merge.expand(merge=pick.override(task_id="merges")(planned, "merges"))
     embedded >> merged
-    reports = report.expand(job=pick.override(task_id="reports")(planned, "reports"))
-    merged >> reports
-    record_provenance(datasets, validated, merged, reports)
+    reports = report.partial(merged=merged).expand(
+        job=pick.override(task_id="reports")(planned, "reports")
+    )
+    record_provenance(datasets, validated, planned, merged, reports)
 
 
 helical_embedding()

@@ -24,23 +24,41 @@ def build_record(
     params: dict[str, Any],
     datasets: list[dict[str, Any]],
     validated: list[dict[str, Any]],
+    planned: dict[str, Any],
     merged: list[dict[str, Any]],
     reports: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """One JSON document linking every input, validation, output and manifest of a run."""
+    """One JSON document linking every input, validation, output and manifest of a run.
+
+    Every planned output and report is listed, with ``status`` saying whether it
+    was produced (``merged`` / ``written``) or is ``missing`` because a task failed.
+    """
     ok = {v["uri"] for v in validated}
+    done = {m["output"]: m for m in merged}
     outputs = []
-    for m in merged:
+    for m in planned.get("merges", []):
+        key = {k: m[k] for k in ("dataset", "dataset_name", "model", "output")}
+        if m["output"] not in done:
+            outputs.append({**key, "status": "missing"})
+            continue
         manifest = read_manifest(m["output"]) or {}
         outputs.append(
             {
-                **m,
+                **done[m["output"]],
+                "status": "merged",
                 "cells": (manifest.get("selection") or {}).get("cells"),
                 "model_artifacts": (manifest.get("model") or {}).get("artifacts"),
                 "versions": manifest.get("versions"),
                 "demo_weights": manifest.get("demo_weights"),
             }
         )
+    written = {r["output_dir"]: r for r in reports}
+    report_entries = [
+        {**written[r["output_dir"]], "status": "written"}
+        if r["output_dir"] in written
+        else {**r, "status": "missing"}
+        for r in planned.get("reports", [])
+    ]
     import airflow
 
     return {
@@ -56,7 +74,7 @@ def build_record(
             for d in datasets
         ],
         "outputs": outputs,
-        "reports": reports,
+        "reports": report_entries,
     }
 
 

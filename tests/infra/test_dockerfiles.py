@@ -193,7 +193,10 @@ def test_cpu_image_installs_runtime_requirements_without_test_tools() -> None:
     """The CPU build installs runner.txt (runtime) and never runner-dev.txt (test tools)."""
     dockerfile = DOCKERFILES["cpu"].read_text()
     assert "-r /tmp/requirements/runner.txt" in dockerfile
-    assert "-r /tmp/requirements/runner-dev.txt" not in dockerfile and "COPY --from=requirements runner-dev" not in dockerfile
+    assert (
+        "-r /tmp/requirements/runner-dev.txt" not in dockerfile
+        and "COPY --from=requirements runner-dev" not in dockerfile
+    )
     names = lambda f: {  # noqa: E731
         re.split(r"[<>=\[ ]", line)[0]
         for line in (ROOT / "requirements" / f).read_text().splitlines()

@@ -23,10 +23,18 @@ RUNNER_BIN = REPO / ".venvs/runner/bin/helical-runner"
 RUNNER_PY = REPO / ".venvs/runner/bin/python"
 
 # Test-only wrapper: when a file in $FLAKY_DIR names a string found in an embed
-# command line, exit 75 (transient) once and delete the file; otherwise run the
-# real runner. The real runner does all the actual work.
+# command line, exit 75 (transient) once and delete the file; when a file in
+# $BROKEN_DIR does, exit 2 (bad input) every time; otherwise run the real
+# runner. The real runner does all the actual work.
 FLAKY_RUNNER = """#!/usr/bin/env bash
 if [[ "$1" == embed ]]; then
+  for marker in "$BROKEN_DIR"/*; do
+    [[ -f "$marker" ]] || continue
+    if [[ "$*" == *"$(cat "$marker")"* ]]; then
+      echo "helical-runner: error: injected by the test wrapper (a shard that cannot succeed)" >&2
+      exit 2
+    fi
+  done
   for marker in "$FLAKY_DIR"/*; do
     [[ -f "$marker" ]] || continue
     if [[ "$*" == *"$(cat "$marker")"* ]] && rm "$marker" 2>/dev/null; then
@@ -91,6 +99,7 @@ def data_dir(workdir, runner_env) -> Path:
         "pbmc_b": ["--cells", "200", "--seed", "2", "--gene-ids", "symbol", "--layout", "csc"],
         "small_c": ["--cells", "120", "--seed", "3"],
         "small_d": ["--cells", "100", "--seed", "4"],
+        "small_e": ["--cells", "90", "--seed", "5"],
     }.items():
         out = runner(
             "demo-data", "--output", str(data / name / f"{name}.h5ad"), *extra, env=runner_env
@@ -106,6 +115,8 @@ def airflow(workdir, runner_env):
     """api-server + scheduler + dag-processor, LocalExecutor on SQLite, loopback only."""
     flaky = workdir / "flaky"
     flaky.mkdir()
+    broken = workdir / "broken"
+    broken.mkdir()
     wrapper = workdir / "flaky-runner"
     wrapper.write_text(FLAKY_RUNNER)
     wrapper.chmod(0o755)
@@ -114,11 +125,13 @@ def airflow(workdir, runner_env):
         "HELICAL_RUNNER_BIN": str(wrapper),
         "REAL_RUNNER": str(RUNNER_BIN),
         "FLAKY_DIR": str(flaky),
+        "BROKEN_DIR": str(broken),
         "HELICAL_OUTPUT_ROOT": str(workdir / "runs"),
         # fast retries for the transient-failure test (production: 30 s doubling)
         "HELICAL_RETRY_DELAY_S": "1",
     }
     deployment = Airflow(workdir / "airflow-home", parallelism=2, extra_env=env)
     deployment.flaky_dir = flaky
+    deployment.broken_dir = broken
     with deployment:
         yield deployment

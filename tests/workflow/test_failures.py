@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 RUN_TIMEOUT = 300
 
 
@@ -46,3 +49,48 @@ def test_transient_exit_is_retried_and_the_run_succeeds(airflow, data_dir):
     (embed,) = _tis(airflow, run_id, "embed_gpu_nvidia_a10g")
     assert str(embed.state.value) == "success"
     assert embed.try_number == 2, "one transient failure, one retry"
+
+
+def test_a_failed_shard_fails_the_run_but_not_the_other_datasets(airflow, data_dir):
+    broken = str(data_dir / "small_e" / "small_e.h5ad")
+    marker = airflow.broken_dir / "small_e"
+    marker.write_text(broken)  # every embed of small_e exits 2
+    try:
+        run_id = airflow.trigger(
+            {"datasets": [broken, str(data_dir / "small_c")], "models": ["geneformer"]}
+        )
+        state = airflow.wait(run_id, RUN_TIMEOUT)
+    finally:
+        marker.unlink()
+    assert state == "failed", "a run with a missing output must not look green"
+    embeds = {ti.rendered_map_index: ti for ti in _tis(airflow, run_id, "embed_gpu_nvidia_a10g")}
+    assert str(embeds["small_e/geneformer/0:90"].state.value) == "failed"
+    assert embeds["small_e/geneformer/0:90"].try_number == 1, "exit 2 is not retried"
+    assert str(embeds["small_c/geneformer/0:120"].state.value) == "success"
+    # the good dataset is merged and reported although another dataset's shard failed
+    merges = {ti.rendered_map_index: ti for ti in _tis(airflow, run_id, "merge")}
+    assert str(merges["small_c/geneformer"].state.value) == "success"
+    assert str(merges["small_e/geneformer"].state.value) == "failed"
+    assert "shard output or its manifest is missing" in airflow.log(
+        run_id, merges["small_e/geneformer"]
+    )
+    reports = {ti.rendered_map_index: ti for ti in _tis(airflow, run_id, "report")}
+    assert str(reports["small_c"].state.value) == "success"
+    assert str(reports["small_e"].state.value) == "failed"
+    assert "no embedding of small_e was merged" in airflow.log(run_id, reports["small_e"])
+    # provenance names what is missing, and is what fails the run
+    (prov,) = _tis(airflow, run_id, "record_provenance")
+    assert str(prov.state.value) == "failed"
+    assert "outputs missing (an embed or merge task failed): ['small_e/geneformer']" in (
+        airflow.log(run_id, prov)
+    )
+    roots = Path(airflow.env["HELICAL_OUTPUT_ROOT"]).glob("*/provenance.json")
+    (record,) = [r for p in roots if (r := json.loads(p.read_text()))["run_id"] == run_id]
+    status = {(o["dataset_name"], o["status"]) for o in record["outputs"]}
+    assert status == {("small_c", "merged"), ("small_e", "missing")}
+    assert {(r["dataset_name"], r["status"]) for r in record["reports"]} == {
+        ("small_c", "written"),
+        ("small_e", "missing"),
+    }
+    good = next(o for o in record["outputs"] if o["dataset_name"] == "small_c")
+    assert Path(good["output"]).is_file() and good["cells"] == 120
