@@ -120,11 +120,18 @@ def _dag_params() -> dict:
     render_template_as_native_obj=True,
 )
 def helical_embedding():
+    def list_s3(prefix: str) -> list[str]:
+        # Through the runner: only its pods may read the datasets bucket (IRSA).
+        found = run_runner(
+            ["ls", prefix], what=f"list {prefix}", context=get_current_context(), want_json=True
+        )
+        return found["datasets"][prefix]
+
     @task
     def resolve(params=None) -> list[dict]:
         """Expand folders/prefixes into files; check models and overrides before any work."""
         try:
-            uris = inputs.expand_datasets(params["datasets"])
+            uris = inputs.expand_datasets(params["datasets"], list_s3=list_s3)
             models, overrides = _models_and_overrides(params)
             for model in models:
                 profile = profiles.load_profile(model, overrides.get(model))
@@ -306,7 +313,14 @@ def helical_embedding():
             reports=[r for r in (reports or []) if r],
         )
         run_root = plan.join(params["output_root"], plan.safe_run_id(run_id))
-        where = provenance.write_record(record, run_root)
+        # Written by the runner, which may write outputs (the Airflow role may not).
+        where = plan.join(run_root, "provenance.json")
+        run_runner(
+            ["provenance", "--output", where, "--record-z", provenance.encode_record(record)],
+            what="write provenance",
+            context=get_current_context(),
+            output_root=run_root,
+        )
         problems = []
         failed = [d["name"] for d in record["datasets"] if d["status"] != "validated"]
         if failed:

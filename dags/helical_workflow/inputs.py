@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
-
-S3_ENDPOINT_ENV = "HELICAL_RUNNER_S3_ENDPOINT_URL"
 
 
 class InputError(ValueError):
     """A dataset parameter names nothing usable."""
 
 
-def _list_s3(uri: str) -> list[str]:
-    """``.h5ad`` objects under an ``s3://bucket/prefix`` (boto3 ships with the amazon provider)."""
-    import boto3
-
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    client = boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)
-    found: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        found += [
-            f"s3://{bucket}/{obj['Key']}"
-            for obj in page.get("Contents", [])
-            if obj["Key"].endswith(".h5ad")
-        ]
-    return sorted(found)
-
-
-def expand_datasets(specs: list[str]) -> list[str]:
+def expand_datasets(specs: list[str], *, list_s3: Callable[[str], list[str]]) -> list[str]:
     """Files stay as they are; folders and S3 prefixes become their ``.h5ad`` files.
 
     :param specs: local paths (file or folder) and ``s3://`` URIs (object or prefix).
+    :param list_s3: the ``.h5ad`` URIs under an ``s3://`` prefix. The DAG asks the
+        runner (``helical-runner ls``): only runner pods may read the datasets bucket.
     :returns: unique URIs in the order given (a folder's files sorted by name).
     :raises InputError: a path that does not exist, or a folder/prefix with no ``.h5ad``.
     """
@@ -45,7 +29,7 @@ def expand_datasets(specs: list[str]) -> list[str]:
     for spec in specs:
         spec = str(spec).strip()
         if spec.startswith("s3://"):
-            found = [spec] if spec.endswith(".h5ad") else _list_s3(spec)
+            found = [spec] if spec.endswith(".h5ad") else list_s3(spec)
         else:
             path = Path(spec).expanduser().resolve()
             if path.is_dir():

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import zlib
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-
-def read_manifest(output: str) -> dict[str, Any] | None:
-    """The runner's manifest beside a local output, or None (S3 manifests stay in S3)."""
-    path = Path(output + ".manifest.json")
-    if "://" in output or not path.is_file():
-        return None
-    return json.loads(path.read_text())
 
 
 def build_record(
@@ -41,17 +34,9 @@ def build_record(
         if m["output"] not in done:
             outputs.append({**key, "status": "missing"})
             continue
-        manifest = read_manifest(m["output"]) or {}
-        outputs.append(
-            {
-                **done[m["output"]],
-                "status": "merged",
-                "cells": (manifest.get("selection") or {}).get("cells"),
-                "model_artifacts": (manifest.get("model") or {}).get("artifacts"),
-                "versions": manifest.get("versions"),
-                "demo_weights": manifest.get("demo_weights"),
-            }
-        )
+        # `helical-runner provenance` adds cells, artifacts and versions from the
+        # manifest beside each merged output (it can read the outputs bucket).
+        outputs.append({**done[m["output"]], "status": "merged"})
     written = {r["output_dir"]: r for r in reports}
     report_entries = [
         {**written[r["output_dir"]], "status": "written"}
@@ -78,21 +63,8 @@ def build_record(
     }
 
 
-def write_record(record: dict[str, Any], run_root: str) -> str:
-    """Write ``provenance.json`` under the run's output folder (local or S3); return its URI."""
-    body = json.dumps(record, indent=2, sort_keys=True, default=str)
-    uri = run_root.rstrip("/") + "/provenance.json"
-    if uri.startswith("s3://"):
-        import boto3
-
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        boto3.client(
-            "s3", endpoint_url=os.environ.get("HELICAL_RUNNER_S3_ENDPOINT_URL") or None
-        ).put_object(Bucket=bucket, Key=key, Body=body.encode())
-        return uri
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(body)
-    tmp.replace(path)
-    return str(path)
+def encode_record(record: dict[str, Any]) -> str:
+    """The record as ``helical-runner provenance --record-z`` takes it (zlib, base64url):
+    about ten times smaller than the JSON, so large runs fit in one argument."""
+    body = json.dumps(record, sort_keys=True, default=str).encode()
+    return base64.urlsafe_b64encode(zlib.compress(body, 9)).decode()

@@ -61,6 +61,10 @@ def test_pools_document_has_one_pool_per_gpu_type():
 # ------------------------------------------------------------------- inputs
 
 
+def _no_s3(prefix):
+    raise AssertionError(f"no S3 listing expected, got {prefix}")
+
+
 def test_folders_expand_to_their_h5ad_files(tmp_path):
     (tmp_path / "b.h5ad").touch()
     (tmp_path / "a.h5ad").touch()
@@ -68,18 +72,34 @@ def test_folders_expand_to_their_h5ad_files(tmp_path):
     single = tmp_path / "x" / "a.h5ad"
     single.parent.mkdir()
     single.touch()
-    uris = inputs.expand_datasets([str(tmp_path), str(single), str(tmp_path / "a.h5ad")])
+    uris = inputs.expand_datasets(
+        [str(tmp_path), str(single), str(tmp_path / "a.h5ad")], list_s3=_no_s3
+    )
     assert uris == [str(tmp_path / "a.h5ad"), str(tmp_path / "b.h5ad"), str(single)]
     assert list(inputs.dataset_names(uris).values()) == ["a", "b", "a-2"]
 
 
 def test_missing_or_empty_inputs_fail_with_a_clear_message(tmp_path):
     with pytest.raises(inputs.InputError, match="does not exist"):
-        inputs.expand_datasets([str(tmp_path / "missing.h5ad")])
+        inputs.expand_datasets([str(tmp_path / "missing.h5ad")], list_s3=_no_s3)
     with pytest.raises(inputs.InputError, match=r"no \.h5ad files"):
-        inputs.expand_datasets([str(tmp_path)])
+        inputs.expand_datasets([str(tmp_path)], list_s3=_no_s3)
     with pytest.raises(inputs.InputError, match="no datasets"):
-        inputs.expand_datasets([])
+        inputs.expand_datasets([], list_s3=_no_s3)
+    with pytest.raises(inputs.InputError, match=r"no \.h5ad files under 's3://lake/empty/'"):
+        inputs.expand_datasets(["s3://lake/empty/"], list_s3=lambda prefix: [])
+
+
+def test_s3_prefixes_are_listed_by_the_given_lister_objects_are_not():
+    asked = []
+
+    def lister(prefix):
+        asked.append(prefix)
+        return [prefix + "b.h5ad", prefix + "a.h5ad"]
+
+    uris = inputs.expand_datasets(["s3://lake/atlas/", "s3://lake/one.h5ad"], list_s3=lister)
+    assert asked == ["s3://lake/atlas/"]
+    assert uris == ["s3://lake/atlas/b.h5ad", "s3://lake/atlas/a.h5ad", "s3://lake/one.h5ad"]
 
 
 # --------------------------------------------------------------------- plan

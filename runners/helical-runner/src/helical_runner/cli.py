@@ -101,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-cells", type=int, default=20000, help="evaluate on at most this many cells"
     )
 
+    p = sub.add_parser(
+        "ls", help="list the .h5ad files under folders or s3:// prefixes (JSON on stdout)"
+    )
+    p.add_argument("uris", nargs="+")
+
+    p = sub.add_parser(
+        "provenance",
+        help="write a run's provenance record, completed from the outputs' manifests",
+    )
+    p.add_argument("--output", required=True, help="provenance.json: a local path or s3:// URI")
+    p.add_argument(
+        "--record-z", required=True, help="the record: zlib-compressed JSON, base64url-encoded"
+    )
+
     p = sub.add_parser("models", help="model store: demo-bundle, fetch, mirror, pull, list")
     msub = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     m = msub.add_parser(
@@ -315,6 +329,49 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def cmd_ls(args) -> int:
+    from . import storage
+
+    print(json.dumps({"datasets": {uri: storage.list_h5ad(uri) for uri in args.uris}}))
+    return 0
+
+
+# What provenance keeps from each output's manifest.
+def _manifest_summary(manifest: dict) -> dict:
+    return {
+        "cells": (manifest.get("selection") or {}).get("cells"),
+        "model_artifacts": (manifest.get("model") or {}).get("artifacts"),
+        "versions": manifest.get("versions"),
+        "demo_weights": manifest.get("demo_weights"),
+    }
+
+
+def cmd_provenance(args) -> int:
+    import base64
+    import binascii
+    import zlib
+
+    from . import storage
+    from .embed import MANIFEST_SUFFIX
+
+    try:
+        record = json.loads(zlib.decompress(base64.urlsafe_b64decode(args.record_z)))
+    except (binascii.Error, zlib.error, ValueError) as exc:
+        raise BadInput(f"--record-z is not zlib-compressed base64 JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise BadInput("--record-z must hold a JSON object")
+    # The manifests live beside the outputs (local or S3), where this runner can read them.
+    for out in record.get("outputs", []):
+        if out.get("status") != "merged":
+            continue
+        loc = storage.parse(out["output"]).with_suffix(MANIFEST_SUFFIX)
+        out.update(_manifest_summary(storage.read_json(loc) if storage.exists(loc) else {}))
+    target = storage.parse(args.output)
+    storage.write_json(target, record)
+    print(json.dumps({"provenance": target.uri}))
+    return 0
+
+
 def cmd_profiles(args) -> int:
     from .profiles import available, load
 
@@ -334,6 +391,8 @@ COMMANDS = {
     "validate": cmd_validate,
     "merge": cmd_merge,
     "report": cmd_report,
+    "ls": cmd_ls,
+    "provenance": cmd_provenance,
     "models": cmd_models,
     "demo-data": cmd_demo_data,
     "profiles": cmd_profiles,

@@ -142,6 +142,30 @@ def list_names(prefix: Location) -> list[str]:
     return sorted(names)
 
 
+def list_h5ad(uri: str) -> list[str]:
+    """``.h5ad`` files a dataset spec names: the file itself, a folder's files
+    (not recursive), or every object under an ``s3://`` prefix; sorted."""
+    loc = parse(uri)
+    if loc.is_s3:
+        if loc.key and loc.key.endswith(".h5ad"):
+            return [loc.uri]
+        found: list[str] = []
+        with s3_errors(loc.uri):
+            paginator = s3_client().get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key or ""):
+                found += [
+                    f"s3://{loc.bucket}/{obj['Key']}"
+                    for obj in page.get("Contents", [])
+                    if obj["Key"].endswith(".h5ad")
+                ]
+        return sorted(found)
+    if loc.path.is_dir():
+        return [str(p) for p in sorted(loc.path.glob("*.h5ad"))]
+    if loc.path.is_file():
+        return [str(loc.path)]
+    raise BadInput("no such file or folder", where=uri)
+
+
 def delete_tree(loc: Location) -> None:
     """Remove a folder/prefix and everything below it (missing is fine)."""
     if not loc.is_s3:
