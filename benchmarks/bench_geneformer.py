@@ -79,12 +79,10 @@ print(json.dumps({"preprocess_s": t1 - t, "embed_s": t2 - t1}))
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cells", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-geneformer-"))
+def prepare(prefix: str, cells: int) -> tuple[Path, Path, dict]:
+    """A temporary work folder with the random real-shape store and ``cells`` cells;
+    the environment (helical's cache inside it) every subprocess must use."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     env = {
         **os.environ,
         "CACHE_DIR_HELICAL_PREFIX": str(work / "home"),
@@ -94,7 +92,52 @@ def main() -> None:
     os.environ.update(env)
     ensembl = build_store(work / "store")
     data = work / "cells.h5ad"
-    build_data(data, ensembl, args.cells)
+    build_data(data, ensembl, cells)
+    return work, data, env
+
+
+def runner_embed(
+    work: Path, data: Path, out: Path, *, precision: str, device: str, batch_size: int, env: dict
+) -> tuple[dict, float]:
+    """`helical-runner embed` of the whole file with the store under ``work``: (manifest, wall s)."""
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "helical_runner.cli",
+            "embed",
+            "--input",
+            str(data),
+            "--model",
+            "geneformer",
+            "--output",
+            str(out),
+            "--model-store",
+            str(work / "store"),
+            "--precision",
+            precision,
+            "--device",
+            device,
+            "--batch-size",
+            str(batch_size),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise SystemExit(f"embed {precision}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    wall = time.perf_counter() - t
+    return json.loads(out.with_name(out.name + ".manifest.json").read_text()), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cells", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    work, data, env = prepare("bench-geneformer-", args.cells)
     subprocess.run(
         [
             sys.executable,
@@ -130,36 +173,9 @@ def main() -> None:
     direct_t = json.loads(direct.stdout.strip().splitlines()[-1])
 
     out = work / "runner.h5ad"
-    t = time.perf_counter()
-    runner = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "helical_runner.cli",
-            "embed",
-            "--input",
-            str(data),
-            "--model",
-            "geneformer",
-            "--output",
-            str(out),
-            "--model-store",
-            str(work / "store"),
-            "--precision",
-            "fp32",
-            "--device",
-            "cpu",
-            "--batch-size",
-            str(args.batch_size),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
+    manifest, runner_wall = runner_embed(
+        work, data, out, precision="fp32", device="cpu", batch_size=args.batch_size, env=env
     )
-    if runner.returncode:
-        raise SystemExit(runner.stderr[-3000:])
-    runner_wall = time.perf_counter() - t
-    manifest = json.loads(out.with_name("runner.h5ad.manifest.json").read_text())
 
     import anndata as ad
 

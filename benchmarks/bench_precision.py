@@ -17,50 +17,26 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_geneformer import build_data, build_store
+from bench_geneformer import prepare, runner_embed
 
 
 def embed(work: Path, data: Path, precision: str, args, env: dict) -> dict:
     out = work / f"{precision}.h5ad"
-    t = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "helical_runner.cli",
-            "embed",
-            "--input",
-            str(data),
-            "--model",
-            "geneformer",
-            "--output",
-            str(out),
-            "--model-store",
-            str(work / "store"),
-            "--precision",
-            precision,
-            "--device",
-            args.device,
-            "--batch-size",
-            str(args.batch_size),
-        ],
+    manifest, wall = runner_embed(
+        work,
+        data,
+        out,
+        precision=precision,
+        device=args.device,
+        batch_size=args.batch_size,
         env=env,
-        capture_output=True,
-        text=True,
     )
-    if proc.returncode:
-        raise SystemExit(f"{precision}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    wall = time.perf_counter() - t
-    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
     import anndata as ad
 
     compute = sum(manifest["timings"][k] for k in ("read_s", "preprocess_s", "embed_s"))
@@ -106,17 +82,7 @@ def main() -> None:
     if precisions[0] != "fp32":
         precisions = ["fp32", *[p for p in precisions if p != "fp32"]]
 
-    work = Path(tempfile.mkdtemp(prefix="bench-precision-"))
-    env = {
-        **os.environ,
-        "CACHE_DIR_HELICAL_PREFIX": str(work / "home"),
-        "HELICAL_RUNNER_LOG_FORMAT": "json",
-        "TQDM_DISABLE": "1",
-    }
-    os.environ.update(env)
-    ensembl = build_store(work / "store")
-    data = work / "cells.h5ad"
-    build_data(data, ensembl, args.cells)
+    work, data, env = prepare("bench-precision-", args.cells)
 
     runs = {p: embed(work, data, p, args, env) for p in precisions}
     ref = runs["fp32"]["embedding"]
