@@ -1,9 +1,13 @@
 """The ``docker`` and ``kubernetes`` backends: operators that run the runner image.
 
-Both build an operator for one runner command from the model's profile; the
-DAG's task executes it in place (``operator.execute(context)``), so the graph
-is the same whatever the backend. Rendering needs no engine or cluster, which
-is how the tests check these specs.
+``RunnerDockerOperator`` (a ``DockerOperator``) and ``RunnerPodOperator`` (a
+``KubernetesPodOperator``) are the DAG's tasks themselves, mapped with
+``.partial().expand_kwargs()`` over the jobs of :mod:`helical_workflow.jobs`:
+Airflow runs them, so ``on_kill`` reaches the container or pod, a pod is
+reattached after a worker restart, and the UI shows the container or pod.
+Each turns one runner job into its platform's spec in ``__init__`` (rendering
+needs no engine or cluster, which is how the tests check the specs) and maps
+the runner's exit code to retry or not (:class:`helical_workflow.steps.RunnerStep`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import profiles
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk.exceptions import AirflowException
+from docker.types import DeviceRequest, Mount
+from kubernetes.client import models as k8s
+
+from . import profiles, runner
+from .steps import RunnerStep
 
 IMAGE_ENV = "HELICAL_RUNNER_IMAGE"
 DEFAULT_IMAGE = "helical-runner:0.1.0-cpu"
@@ -31,6 +43,26 @@ RUNNER_UID = 10001
 # Where the runner writes helical's model cache and scratch files in a container.
 CACHE_DIR = "/var/cache/helical"
 XCOM_FILE = "/airflow/xcom/return.json"
+# Docker network of the runner containers (compose: the internal `helical-runner`
+# network that reaches the Pushgateway and nothing else).
+DOCKER_NETWORK_ENV = "HELICAL_DOCKER_NETWORK"
+# Label on every runner container and pod (how the tests and operators find them).
+RUNNER_LABELS = {
+    "app.kubernetes.io/name": "helical-runner",
+    "app.kubernetes.io/part-of": "helical-workflow",
+}
+# Pods that scale-down must not evict mid-run: cluster-autoscaler and Karpenter.
+EVICTION_SAFE_ANNOTATIONS = {
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+    "karpenter.sh/do-not-disrupt": "true",
+}
+# Pending reasons that a retry cannot fix (the image itself is wrong).
+FATAL_PENDING_REASONS = (
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+)
 
 
 def image() -> str:
@@ -53,66 +85,126 @@ def _json_command(argv: list[str], *, to_file: str | None) -> tuple[list[str], l
     return ["/bin/sh", "-c", script, "helical-runner"], argv
 
 
+def _result_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Kubernetes steps that return a value but print no JSON: an empty JSON object for
+    the xcom sidecar once the runner succeeded (the operator adds the job's result)."""
+    script = f'helical-runner "$@" || exit $?; echo "{{}}" > {XCOM_FILE}'
+    return ["/bin/sh", "-c", script, "helical-runner"], argv
+
+
+def _container_env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "CACHE_DIR_HELICAL_PREFIX": CACHE_DIR, "HOME": CACHE_DIR}
+
+
 # ------------------------------------------------------------------ docker
 
 
-def docker_operator(
-    *,
-    task_id: str,
-    argv: list[str],
-    profile: dict[str, Any],
-    env: dict[str, str],
-    data_dir: Path | None,
-    output_dir: Path | None,
-    want_json: bool = False,
-):
-    """A ``DockerOperator`` running one runner command.
+def docker_network(env: dict[str, str], argv: list[str]) -> str:
+    """``HELICAL_DOCKER_NETWORK`` when set (compose: the internal runner network, which
+    reaches the Pushgateway); otherwise no network unless the step needs one (S3 data,
+    an S3 endpoint or a Pushgateway: the default bridge)."""
+    chosen = os.environ.get(DOCKER_NETWORK_ENV, "").strip()
+    if chosen:
+        return chosen
+    needs = (
+        env.get("HELICAL_RUNNER_S3_ENDPOINT_URL")
+        or env.get("HELICAL_RUNNER_PUSHGATEWAY")
+        or any(a.startswith("s3://") for a in argv)
+    )
+    return "bridge" if needs else "none"
 
-    Data folder mounted read-only and the output folder read-write at the same
-    paths as on the host (so URIs mean the same inside); no network (the model
-    store is a mounted folder), non-root, container removed afterwards, GPUs
-    requested from the profile.
-    """
-    from airflow.providers.docker.operators.docker import DockerOperator
-    from docker.types import DeviceRequest, Mount
 
+def docker_mounts(
+    *, data_dir: Path | None, output_dir: Path | None, env: dict[str, str]
+) -> list[Mount]:
+    """Data (and the model store) read-only, outputs read-write, at the host paths
+    (so URIs mean the same inside). Nothing else of the host."""
     mounts = []
     if data_dir:
         mounts.append(
             Mount(target=str(data_dir), source=str(data_dir), type="bind", read_only=True)
         )
     if output_dir:
+        output_dir.mkdir(parents=True, exist_ok=True)
         mounts.append(
             Mount(target=str(output_dir), source=str(output_dir), type="bind", read_only=False)
         )
     store = env.get("HELICAL_RUNNER_MODEL_STORE", "")
     if store and not store.startswith("s3://"):
         mounts.append(Mount(target=store, source=store, type="bind", read_only=True))
-    gpu = (profile.get("resources") or {}).get("gpu") or {}
-    devices = (
-        [DeviceRequest(count=int(gpu["count"]), capabilities=[["gpu"]])] if gpu.get("count") else []
-    )
-    entrypoint, command = _json_command(argv, to_file=None) if want_json else (None, argv)
-    s3 = bool(env.get("HELICAL_RUNNER_S3_ENDPOINT_URL")) or any(a.startswith("s3://") for a in argv)
-    return DockerOperator(
-        task_id=task_id,
-        image=image(),
-        entrypoint=entrypoint,
-        command=command,
-        environment={**env, "CACHE_DIR_HELICAL_PREFIX": CACHE_DIR, "HOME": CACHE_DIR},
-        mounts=mounts,
-        mount_tmp_dir=False,
-        tmp_dir="/tmp",
-        user=f"{RUNNER_UID}:{RUNNER_UID}",
-        # No network unless data lives in S3: a local job has nothing to reach.
-        network_mode="bridge" if s3 else "none",
-        auto_remove="success",
-        device_requests=devices,
-        mem_limit=_docker_memory((profile.get("resources") or {}).get("memory")),
-        do_xcom_push=want_json,
-        xcom_all=False,
-        docker_url=os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
-    )
+    return mounts
+
+
+class RunnerDockerOperator(RunnerStep, DockerOperator):
+    """One ``helical-runner`` command in its own container of the runner image.
+
+    Non-root, the data mounted read-only and the outputs read-write, no network
+    unless configured or needed, GPUs from the profile, the container removed
+    whatever happens (``auto_remove="force"``: also by ``on_kill``, which stops it).
+    """
+
+    def __init__(
+        self,
+        *,
+        runner_args: list[str],
+        job_label: str = "",
+        want_json: bool = False,
+        job_result: dict[str, Any] | None = None,
+        data_paths: list[str] | None = None,
+        output_root: str | None = None,
+        job_resources: dict[str, Any] | None = None,
+        timeout_s: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        env = runner.passthrough_env()
+        argv = [str(a) for a in runner_args]
+        gpu = (job_resources or {}).get("gpu") or {}
+        entrypoint, command = _json_command(argv, to_file=None) if want_json else (None, argv)
+        output_dir = Path(output_root) if output_root and "://" not in output_root else None
+        kwargs.setdefault("image", image())
+        kwargs.setdefault("docker_url", os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"))
+        super().__init__(
+            entrypoint=entrypoint,
+            command=command,
+            environment=_container_env(env),
+            mounts=docker_mounts(
+                data_dir=runner.data_folder(list(data_paths or [])), output_dir=output_dir, env=env
+            ),
+            mount_tmp_dir=False,
+            tmp_dir="/tmp",
+            user=f"{RUNNER_UID}:{RUNNER_UID}",
+            network_mode=docker_network(env, argv),
+            auto_remove="force",
+            device_requests=(
+                [DeviceRequest(count=int(gpu["count"]), capabilities=[["gpu"]])]
+                if gpu.get("count")
+                else []
+            ),
+            mem_limit=_docker_memory((job_resources or {}).get("memory")),
+            labels={**RUNNER_LABELS, "helical.ai/step": argv[0] if argv else ""},
+            do_xcom_push=bool(want_json or job_result),
+            xcom_all=False,
+            **kwargs,
+        )
+        self._init_step(
+            runner_args=argv,
+            job_label=job_label,
+            want_json=want_json,
+            job_result=job_result,
+            data_paths=data_paths,
+            output_root=output_root,
+            job_resources=job_resources,
+            timeout_s=timeout_s,
+        )
+
+    def execute(self, context: Any) -> Any:
+        try:
+            out = super().execute(context)
+        except DockerContainerFailedException as exc:
+            lines = [runner_line for runner_line in (exc.logs or [])]
+            lines = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in lines]
+            self._fail(docker_exit_code(exc), runner.error_line(lines) or str(exc))
+        return self._finish(context, out)
 
 
 def _docker_memory(quantity: str | None) -> str | None:
@@ -132,30 +224,13 @@ def docker_exit_code(exc: BaseException) -> int | None:
 # -------------------------------------------------------------- kubernetes
 
 
-def kubernetes_operator(
-    *,
-    task_id: str,
-    argv: list[str],
-    profile: dict[str, Any],
-    env: dict[str, str],
-    timeout_s: int | None = None,
-    want_json: bool = False,
-):
-    """A ``KubernetesPodOperator`` running one runner command as its own pod.
-
-    Requests = limits from the profile (Guaranteed QoS; GPUs via
-    ``nvidia.com/gpu``), a node selector and toleration for the profile's GPU
-    type, the IRSA service account, a restricted security context, the pod
-    deleted when done, and a startup timeout long enough for node scale-up.
-    """
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from kubernetes.client import models as k8s
-
-    resources = profile.get("resources") or {}
+def pod_resources(job_resources: dict[str, Any] | None) -> tuple[dict, dict, list]:
+    """Limits (= requests: Guaranteed QoS), node selector and tolerations of a profile."""
+    resources = job_resources or {}
     limits = {"cpu": str(resources.get("cpu", "1")), "memory": str(resources.get("memory", "4Gi"))}
     node_selector: dict[str, str] = {}
     tolerations = []
-    gpu_type = profiles.gpu_type(profile)
+    gpu_type = profiles.gpu_type({"resources": resources})
     if gpu_type:
         limits["nvidia.com/gpu"] = str(resources["gpu"]["count"])
         label = os.environ.get(GPU_TYPE_LABEL_ENV) or DEFAULT_GPU_TYPE_LABEL
@@ -163,65 +238,139 @@ def kubernetes_operator(
         tolerations.append(
             k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
         )
-    if want_json:
-        cmds, arguments = _json_command(argv, to_file=XCOM_FILE)
-    else:
-        cmds, arguments = ["helical-runner"], argv
-    volumes = [
-        k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
-        k8s.V1Volume(name="cache", empty_dir=k8s.V1EmptyDirVolumeSource()),
-    ]
-    mounts = [
-        k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
-        k8s.V1VolumeMount(name="cache", mount_path=CACHE_DIR),
-    ]
-    return KubernetesPodOperator(
-        task_id=task_id,
-        name="helical-runner",
-        random_name_suffix=True,
-        namespace=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE,
-        service_account_name=os.environ.get(SERVICE_ACCOUNT_ENV) or DEFAULT_SERVICE_ACCOUNT,
-        image=image(),
-        image_pull_policy="IfNotPresent",
-        cmds=cmds,
-        arguments=arguments,
-        env_vars=[
-            k8s.V1EnvVar(name=k, value=v)
-            for k, v in {**env, "CACHE_DIR_HELICAL_PREFIX": CACHE_DIR, "HOME": CACHE_DIR}.items()
-        ],
-        container_resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
-        node_selector=node_selector or None,
-        tolerations=tolerations or None,
-        annotations={"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
-        labels={
-            "app.kubernetes.io/name": "helical-runner",
-            "app.kubernetes.io/part-of": "helical-workflow",
-        },
-        volumes=volumes,
-        volume_mounts=mounts,
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=RUNNER_UID,
-            run_as_group=RUNNER_UID,
-            fs_group=RUNNER_UID,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
-        container_security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False,
-            read_only_root_filesystem=True,
-            run_as_non_root=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
-        automount_service_account_token=True,  # IRSA needs the projected token
-        startup_timeout_seconds=STARTUP_TIMEOUT_S,
-        active_deadline_seconds=timeout_s,
-        on_finish_action="delete_pod",
-        get_logs=True,
-        log_events_on_failure=True,
-        do_xcom_push=want_json,
-        in_cluster=os.environ.get("HELICAL_K8S_IN_CLUSTER", "true").lower() == "true",
-    )
+    return limits, node_selector, tolerations
+
+
+class RunnerPodOperator(RunnerStep, KubernetesPodOperator):
+    """One ``helical-runner`` command as its own pod.
+
+    Requests = limits from the profile (GPUs via ``nvidia.com/gpu``), a node
+    selector and toleration for the profile's GPU type, the IRSA service
+    account, a restricted security context, annotations that keep
+    cluster-autoscaler and Karpenter from evicting it, a startup timeout long
+    enough for node scale-up, reattach after a worker restart (``durable``),
+    the log followed to the end before the pod is deleted, and
+    ``FallbackToLogsOnError`` so the runner's last line is the pod's
+    termination message.
+    """
+
+    def __init__(
+        self,
+        *,
+        runner_args: list[str],
+        job_label: str = "",
+        want_json: bool = False,
+        job_result: dict[str, Any] | None = None,
+        data_paths: list[str] | None = None,
+        output_root: str | None = None,
+        job_resources: dict[str, Any] | None = None,
+        timeout_s: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        argv = [str(a) for a in runner_args]
+        limits, node_selector, tolerations = pod_resources(job_resources)
+        if want_json:
+            cmds, arguments = _json_command(argv, to_file=XCOM_FILE)
+        elif job_result:
+            cmds, arguments = _result_command(argv)
+        else:
+            cmds, arguments = ["helical-runner"], argv
+        kwargs.setdefault("image", image())
+        kwargs.setdefault("namespace", os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE)
+        kwargs.setdefault(
+            "in_cluster", os.environ.get("HELICAL_K8S_IN_CLUSTER", "true").lower() == "true"
+        )
+        kwargs.setdefault("startup_timeout_seconds", STARTUP_TIMEOUT_S)
+        super().__init__(
+            name="helical-runner",
+            random_name_suffix=True,
+            service_account_name=os.environ.get(SERVICE_ACCOUNT_ENV) or DEFAULT_SERVICE_ACCOUNT,
+            image_pull_policy="IfNotPresent",
+            cmds=cmds,
+            arguments=arguments,
+            env_vars=[
+                k8s.V1EnvVar(name=k, value=v)
+                for k, v in _container_env(runner.passthrough_env()).items()
+            ],
+            container_resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
+            node_selector=node_selector or None,
+            tolerations=tolerations or None,
+            annotations=dict(EVICTION_SAFE_ANNOTATIONS),
+            labels=dict(RUNNER_LABELS),
+            volumes=[
+                k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
+                k8s.V1Volume(name="cache", empty_dir=k8s.V1EmptyDirVolumeSource()),
+            ],
+            volume_mounts=[
+                k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+                k8s.V1VolumeMount(name="cache", mount_path=CACHE_DIR),
+            ],
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True,
+                run_as_user=RUNNER_UID,
+                run_as_group=RUNNER_UID,
+                fs_group=RUNNER_UID,
+                seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+            container_security_context=k8s.V1SecurityContext(
+                allow_privilege_escalation=False,
+                read_only_root_filesystem=True,
+                run_as_non_root=True,
+                capabilities=k8s.V1Capabilities(drop=["ALL"]),
+                seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+            automount_service_account_token=True,  # IRSA needs the projected token
+            termination_message_policy="FallbackToLogsOnError",
+            active_deadline_seconds=int(timeout_s) if timeout_s else None,
+            durable=True,
+            on_finish_action="delete_pod",
+            get_logs=True,
+            log_events_on_failure=True,
+            do_xcom_push=bool(want_json or job_result),
+            **kwargs,
+        )
+        self._init_step(
+            runner_args=argv,
+            job_label=job_label,
+            want_json=want_json,
+            job_result=job_result,
+            data_paths=data_paths,
+            output_root=output_root,
+            job_resources=job_resources,
+            timeout_s=timeout_s,
+        )
+
+    def execute(self, context: Any) -> Any:
+        return self._finish(context, super().execute(context))
+
+    def cleanup(self, pod, remote_pod, xcom_result=None, context=None) -> None:
+        """The operator's own cleanup (logs already read, pod deleted), then the
+        runner's exit code, or the reason a pod never started, decides retry or not."""
+        code, reason = None, ""
+        if remote_pod is not None and not self._killed:
+            try:
+                remote_pod = self.pod_manager.read_pod(remote_pod)
+            except Exception:  # deleted already, or the API is down: judge the last state seen
+                self.log.warning("could not re-read pod %s", remote_pod.metadata.name)
+            code = pod_exit_code(remote_pod)
+            if code is None:
+                reason = pending_reason(remote_pod, self._pod_events(remote_pod))
+        try:
+            super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
+        except AirflowException as exc:
+            if code is not None:
+                self._fail(code, runner.error_line(str(exc).splitlines()[1:]))
+            message = f"{self.what}: runner pod did not run to the end: {reason or exc}"
+            if reason.split(":")[0] in FATAL_PENDING_REASONS:
+                self._fail(runner.EXIT_BAD_INPUT, message)
+            self.log.warning(message)
+            raise runner.RunnerTransientError(message) from exc
+
+    def _pod_events(self, pod) -> list:
+        try:
+            return list(self.pod_manager.read_pod_events(pod).items or [])
+        except Exception:
+            return []
 
 
 def pod_exit_code(pod) -> int | None:
@@ -231,3 +380,20 @@ def pod_exit_code(pod) -> int | None:
         if status.name == "base" and status.state and status.state.terminated:
             return int(status.state.terminated.exit_code)
     return None
+
+
+def pending_reason(pod, events: list) -> str:
+    """Why a pod never ran: its container's waiting reason (``ImagePullBackOff``...),
+    the scheduler's verdict (``Unschedulable``) or the last warning event."""
+    status = getattr(pod, "status", None)
+    for cs in getattr(status, "container_statuses", None) or []:
+        waiting = cs.state.waiting if cs.state else None
+        if waiting and waiting.reason:
+            return f"{waiting.reason}: {waiting.message or ''}".rstrip(": ")
+    for cond in getattr(status, "conditions", None) or []:
+        if cond.type == "PodScheduled" and cond.status == "False" and cond.reason:
+            return f"{cond.reason}: {cond.message or ''}".rstrip(": ")
+    warnings = [e for e in events if getattr(e, "type", "") == "Warning"]
+    if warnings:
+        return f"{warnings[-1].reason}: {warnings[-1].message or ''}".rstrip(": ")
+    return ""

@@ -1,91 +1,85 @@
-"""The ``local`` backend: the runner CLI as a subprocess, its output in the task log."""
+"""The ``local`` backend: the runner CLI as a subprocess of the Airflow worker.
+
+Built on Airflow's own ``SubprocessHook`` (standard provider): the runner runs
+in its own process group in a fresh temporary folder, every line it prints
+goes to the task log, and ``on_kill`` (task marked failed, timeout, worker
+shutdown) sends SIGTERM to the whole group.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-import selectors
-import signal
-import subprocess
-import time
-from dataclasses import dataclass, field
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
 
-from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow.providers.standard.hooks.subprocess import SubprocessHook
+from airflow.sdk import BaseOperator
 
-LOG = logging.getLogger(__name__)
+from . import runner
+from .steps import RunnerStep
 
-
-@dataclass
-class RunResult:
-    """What a finished runner process left behind."""
-
-    code: int
-    stdout: str
-    # The runner's own one-line error (``helical-runner: error: ...``), if it printed one.
-    error: str = ""
-    stderr_tail: list[str] = field(default_factory=list)
+RESULT_FILE = "result.json"
 
 
-def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
     """The worker's environment without Airflow's own settings (DB URLs, JWT secrets)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(extra)
     return env
 
 
-def run(argv: list[str], *, env: dict[str, str], timeout_s: float | None = None) -> RunResult:
-    """Run ``argv``, logging stdout and stderr line by line as they come.
+def command(runner_bin: str, argv: list[str], *, want_json: bool) -> list[str]:
+    """The command line: the runner itself, or (JSON steps) the runner with its stdout
+    in ``result.json`` of the working folder, its exit code kept."""
+    if not want_json:
+        return [runner_bin, *argv]
+    return ["/bin/sh", "-c", f'exec "$0" "$@" > {RESULT_FILE}', runner_bin, *argv]
 
-    The runner gets its own process group so that a timeout or a killed task
-    takes every child (helical's data loaders) down with it.
 
-    :param argv: full command, executable first.
-    :param env: variables added to the cleaned worker environment.
-    :param timeout_s: kill the process group after this long and raise
-        ``AirflowTaskTimeout`` (retried like Airflow's own execution timeout).
-    """
-    LOG.info("running: %s", " ".join(argv))
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=_clean_env(env),
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    out_lines: list[str] = []
-    err_tail: list[str] = []
-    error = ""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-    try:
-        while sel.get_map():
-            if deadline and time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise AirflowTaskTimeout(
-                    f"runner exceeded the profile's timeout ({timeout_s:.0f} s)"
-                )
-            for key, _ in sel.select(timeout=1.0):
-                line = key.fileobj.readline()
-                if not line:
-                    sel.unregister(key.fileobj)
-                    continue
-                text = line.decode(errors="replace").rstrip("\n")
-                LOG.info("[runner %s] %s", key.data, text)
-                if key.data == "stdout":
-                    out_lines.append(text)
-                else:
-                    err_tail = [*err_tail[-49:], text]
-                    if text.startswith("helical-runner:"):
-                        error = text
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:
-            # The task was stopped (timeout, mark-failed, SIGTERM): stop the runner too.
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        sel.close()
-    LOG.info("runner exited with %s", code)
-    return RunResult(code=code, stdout="\n".join(out_lines), error=error, stderr_tail=err_tail)
+class LocalRunnerOperator(RunnerStep, BaseOperator):
+    """One ``helical-runner`` command on the worker (see :mod:`helical_workflow.jobs`)."""
+
+    ui_color = "#e8f0d8"
+
+    def __init__(
+        self,
+        *,
+        runner_args: list[str],
+        job_label: str = "",
+        want_json: bool = False,
+        job_result: dict[str, Any] | None = None,
+        data_paths: list[str] | None = None,
+        output_root: str | None = None,
+        job_resources: dict[str, Any] | None = None,
+        timeout_s: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._init_step(
+            runner_args=runner_args,
+            job_label=job_label,
+            want_json=want_json,
+            job_result=job_result,
+            data_paths=data_paths,
+            output_root=output_root,
+            job_resources=job_resources,
+            timeout_s=timeout_s,
+        )
+
+    @cached_property
+    def hook(self) -> SubprocessHook:
+        return SubprocessHook()
+
+    def execute(self, context: Any) -> Any:
+        argv = command(runner.runner_bin(), self.runner_args, want_json=self.want_json)
+        with tempfile.TemporaryDirectory(prefix="helical-runner-") as cwd:
+            done = self.hook.run_command(argv, env=clean_env(runner.passthrough_env()), cwd=cwd)
+            if done.exit_code != 0:
+                self._fail(done.exit_code, runner.error_line([done.output]))
+            out = (Path(cwd) / RESULT_FILE).read_text() if self.want_json else None
+        return self._finish(context, out)
+
+    def on_kill(self) -> None:
+        self.hook.send_sigterm()

@@ -52,9 +52,10 @@ def plan_run(
     :param models: model names; each must have a profile.
     :param overrides: model -> profile fields to override.
     :param run_root: ``<output_root>/<run>``.
-    :returns: ``{"shards": {pool: [shard, ...]}, "merges": [merge, ...]}`` where a
-        shard holds everything one embed task needs and a merge lists a
-        (dataset, model)'s shard outputs in cell order.
+    :returns: ``{<pool>: [shard, ...] for every known pool, "merges": [...],
+        "reports": [...], "run_root": run_root}`` where a shard holds everything
+        one embed task needs, a merge lists a (dataset, model)'s shard outputs in
+        cell order and a report lists a dataset's planned embeddings.
     """
     shards: dict[str, list[dict[str, Any]]] = {}
     merges: list[dict[str, Any]] = []
@@ -78,6 +79,7 @@ def plan_run(
                         "output": output,
                         "overrides": model_overrides,
                         "timeout_minutes": profile["timeout_minutes"],
+                        "run_root": run_root,
                     }
                 )
             merges.append(
@@ -87,6 +89,66 @@ def plan_run(
                     "model": model,
                     "shards": outputs,
                     "output": join(run_root, ds["name"], "embeddings", f"{model}.h5ad"),
+                    "run_root": run_root,
                 }
             )
-    return {"shards": shards, "merges": merges}
+    reports = [
+        {
+            "dataset": ds["uri"],
+            "dataset_name": ds["name"],
+            "embeddings": [m["output"] for m in merges if m["dataset"] == ds["uri"]],
+            "output_dir": join(run_root, ds["name"], "report"),
+            "run_root": run_root,
+        }
+        for ds in validated
+    ]
+    return {
+        **{pool: shards.get(pool, []) for pool in profiles.known_pools()},
+        "merges": merges,
+        "reports": reports,
+        "run_root": run_root,
+    }
+
+
+def run_root(output_root: str, run_id: str) -> str:
+    """``<output_root>/<run>``: where every output of one DAG run lands."""
+    return join(output_root, safe_run_id(run_id))
+
+
+def models_and_overrides(params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Requested models (deduplicated, in order) and their profile overrides, checked:
+    each model has a profile whose GPU type has an Airflow pool.
+
+    :raises profiles.ProfileError: no models, overrides for models not requested,
+        an unknown model or override, or a GPU type without a pool.
+    """
+    models = list(dict.fromkeys(params["models"]))
+    if not models:
+        raise profiles.ProfileError("no models given: set the 'models' parameter")
+    overrides = params.get("profile_overrides") or {}
+    unused = sorted(set(overrides) - set(models))
+    if unused:
+        raise profiles.ProfileError(f"profile_overrides for models not requested: {unused}")
+    for model in models:
+        profile = profiles.load_profile(model, overrides.get(model))
+        if profiles.pool_name(profile) not in profiles.known_pools():
+            raise profiles.ProfileError(
+                f"{model}: no Airflow pool for {profiles.pool_name(profile)} "
+                f"(pools: {profiles.known_pools()}); add a profile using that GPU type"
+            )
+    return models, overrides
+
+
+def task_suffix(pool: str) -> str:
+    """``gpu-nvidia-a10g`` -> ``gpu_nvidia_a10g`` (the embed task of a pool: ``embed_<suffix>``)."""
+    return pool.replace("-", "_")
+
+
+def longest_timeout_minutes(pool: str) -> int:
+    """Pools are fixed at parse time, so each GPU type gets its own embed task; its
+    Airflow timeout covers the longest profile of the pool (each shard gets its own)."""
+    return max(
+        p["timeout_minutes"]
+        for p in map(profiles.load_profile, profiles.available_models())
+        if profiles.pool_name(p) == pool
+    )

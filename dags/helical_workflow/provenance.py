@@ -68,3 +68,20 @@ def encode_record(record: dict[str, Any]) -> str:
     about ten times smaller than the JSON, so large runs fit in one argument."""
     body = json.dumps(record, sort_keys=True, default=str).encode()
     return base64.urlsafe_b64encode(zlib.compress(body, 9)).decode()
+
+
+def problems(record: dict[str, Any]) -> list[str]:
+    """What makes a run with this record fail although its good outputs are complete."""
+    found = []
+    failed = [d["name"] for d in record["datasets"] if d["status"] != "validated"]
+    if failed:
+        found.append(f"failed validation: {failed}")
+    missing = [
+        f"{o['dataset_name']}/{o['model']}" for o in record["outputs"] if o["status"] != "merged"
+    ]
+    if missing:
+        found.append(f"outputs missing (an embed or merge task failed): {missing}")
+    unreported = [r["dataset_name"] for r in record["reports"] if r["status"] != "written"]
+    if unreported:
+        found.append(f"reports missing: {unreported}")
+    return found

@@ -6,6 +6,7 @@ backend (subprocess, Docker, Kubernetes pod) executes them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,8 +32,9 @@ EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75
-# 137 = 128 + SIGKILL as a container reports it; -9 as Python's subprocess does.
-EXIT_KILLED = (137, -9)
+# Killed by a signal: 128 + N as a container or shell reports it, -N as Python's
+# subprocess does (SIGKILL: OOM killer, node loss; SIGTERM: eviction, shutdown).
+EXIT_KILLED = (137, -9, 143, -15)
 
 
 class RunnerTransientError(Exception):
@@ -121,6 +123,28 @@ def raise_for_exit(code: int, *, what: str, message: str = "") -> None:
     message = f"{what}: {kind} (exit {code}), not retried{detail}"
     LOG.error(message)
     raise AirflowFailException(message)
+
+
+def error_line(lines) -> str:
+    """The runner's one-line error (``helical-runner: ...``) among its output, else the last line."""
+    text = [str(line).rstrip() for line in lines or () if str(line).strip()]
+    for line in reversed(text):
+        if line.startswith("helical-runner:") or '"helical-runner:' in line:
+            return line
+    return text[-1] if text else ""
+
+
+def parse_json_output(out: Any) -> Any:
+    """The runner's ``--json`` result as a backend hands it over.
+
+    Kubernetes' xcom sidecar already parsed it; Docker returns the last log line
+    (the entry point squeezes the JSON onto one line); local reads a file.
+    """
+    if out is None or isinstance(out, dict | list):
+        return out
+    if isinstance(out, bytes):
+        out = out.decode()
+    return json.loads(str(out).strip().splitlines()[-1])
 
 
 def data_folder(uris: list[str]) -> Path | None:

@@ -1,20 +1,20 @@
-"""Each backend's runner task, rendered for real without an engine or a cluster.
+"""Each backend's runner operator, rendered for real without an engine or a cluster.
 
-kubernetes: the pod the KubernetesPodOperator would create, built by the
-operator itself and validated (strict) against the Kubernetes 1.31 schema.
-docker: the DockerOperator's arguments (mounts, user, network, GPUs).
+kubernetes: the pod RunnerPodOperator (a KubernetesPodOperator) would create,
+built by the operator itself from the job the plan hands it, and validated
+(strict) against the Kubernetes 1.31 schema. docker: RunnerDockerOperator's
+arguments (mounts, user, network, GPUs). Pod behaviour against a faked API:
+test_pod_lifecycle.py; real containers: test_docker_e2e.py.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 from kubernetes.client import ApiClient
 
-from helical_workflow import backend, containers, profiles, runner
+from helical_workflow import backend, containers, jobs, local, profiles, runner
 
 K8S_VERSION = "1.31"
 SHARD = {
@@ -26,6 +26,8 @@ SHARD = {
     "output": "s3://outputs/run1/pbmc/shards/geneformer/000000000-000050000.h5ad",
     "sha256": "ab" * 32,
     "overrides": {"batch_size": 16},
+    "timeout_minutes": 180,
+    "run_root": "s3://outputs/run1",
 }
 LABELS = runner.run_labels(
     dag_id="helical_embedding", task_id="embed_gpu_nvidia_a10g", run_id="r1", shard="0:50000"
@@ -40,14 +42,10 @@ def _render(op) -> dict:
 @pytest.fixture
 def pod(tmp_path, monkeypatch) -> dict:
     monkeypatch.setenv("HELICAL_RUNNER_PUSHGATEWAY", "http://pushgateway.monitoring:9091")
-    profile = profiles.load_profile("geneformer")
-    op = containers.kubernetes_operator(
-        task_id="embed_gpu_nvidia_a10g",
-        argv=runner.embed_args(SHARD, labels=LABELS),
-        profile=profile,
-        env=runner.passthrough_env(),
-        timeout_s=profile["timeout_minutes"] * 60,
+    (job,) = jobs.embed_jobs(
+        [SHARD], dag_id="helical_embedding", task_id="embed_gpu_nvidia_a10g", run_id="r1"
     )
+    op = containers.RunnerPodOperator(task_id="embed_gpu_nvidia_a10g", **job)
     spec = _render(op)
     # kept for humans only (tmp, never committed)
     rendered = tmp_path / "rendered" / "runner-pod.yaml"
@@ -82,9 +80,10 @@ def test_pod_is_locked_down(pod):
     spec = pod["spec"]
     assert pod["metadata"]["namespace"] == "helical"
     assert spec["serviceAccountName"] == "helical-runner"
-    assert (
-        pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
-    )
+    annotations = pod["metadata"]["annotations"]
+    # neither cluster-autoscaler nor Karpenter may evict a running runner on scale-down
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert annotations["karpenter.sh/do-not-disrupt"] == "true"
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = spec["containers"]
@@ -97,25 +96,22 @@ def test_pod_is_locked_down(pod):
 
 
 def test_pod_operator_options_survive_scale_up_and_clean_up():
-    op = containers.kubernetes_operator(
+    op = containers.RunnerPodOperator(
         task_id="t",
-        argv=["validate", "--input", "s3://b/x.h5ad", "--json"],
-        profile=profiles.load_profile("uce"),
-        env={},
+        runner_args=["embed", "--input", "s3://b/x.h5ad"],
+        job_resources=profiles.load_profile("uce")["resources"],
     )
     assert op.startup_timeout_seconds >= 900  # GPU node scale-up + multi-GB image pull
     assert op.on_finish_action.value == "delete_pod"
+    assert op.reattach_on_restart is True  # a restarted worker finds its pod again
+    assert op.get_logs is True  # the log is followed to the end before the pod is deleted
+    assert op.termination_message_policy == "FallbackToLogsOnError"
     assert op.do_xcom_push is False
 
 
 def test_json_commands_write_the_xcom_file_and_keep_the_exit_code():
-    op = containers.kubernetes_operator(
-        task_id="validate",
-        argv=runner.validate_args("s3://b/x.h5ad"),
-        profile=profiles.load_profile("scgpt"),
-        env={},
-        want_json=True,
-    )
+    (job,) = jobs.validate_jobs([{"uri": "s3://b/x.h5ad", "name": "x"}])
+    op = containers.RunnerPodOperator(task_id="validate", **job)
     spec = _render(op)
     kubernetes_validate.validate(spec, K8S_VERSION, strict=True)
     main = next(c for c in spec["spec"]["containers"] if c["name"] == "base")
@@ -125,8 +121,8 @@ def test_json_commands_write_the_xcom_file_and_keep_the_exit_code():
 
 
 def test_uce_profile_lands_on_l40s_nodes():
-    op = containers.kubernetes_operator(
-        task_id="t", argv=["embed"], profile=profiles.load_profile("uce"), env={}
+    op = containers.RunnerPodOperator(
+        task_id="t", runner_args=["embed"], job_resources=profiles.load_profile("uce")["resources"]
     )
     spec = _render(op)
     assert spec["spec"]["nodeSelector"] == {"helical.ai/gpu-type": "nvidia-l40s"}
@@ -152,22 +148,24 @@ def test_pod_exit_code_is_read_from_the_runner_container():
 
 
 @pytest.fixture
-def docker_op(tmp_path):
+def docker_op(tmp_path, monkeypatch):
+    monkeypatch.delenv("HELICAL_DOCKER_NETWORK", raising=False)
+    monkeypatch.delenv("HELICAL_RUNNER_PUSHGATEWAY", raising=False)
     data = tmp_path / "data"
     data.mkdir()
     store = tmp_path / "store"
+    monkeypatch.setenv("HELICAL_RUNNER_MODEL_STORE", str(store))
     shard = {
         **SHARD,
         "dataset": str(data / "pbmc.h5ad"),
         "output": str(tmp_path / "runs/r1/pbmc/shards/geneformer/0-10.h5ad"),
     }
-    return containers.docker_operator(
+    return containers.RunnerDockerOperator(
         task_id="embed_gpu_nvidia_a10g",
-        argv=runner.embed_args(shard, labels=LABELS),
-        profile=profiles.load_profile("geneformer"),
-        env={"HELICAL_RUNNER_MODEL_STORE": str(store)},
-        data_dir=runner.data_folder([shard["dataset"]]),
-        output_dir=tmp_path / "runs",
+        runner_args=runner.embed_args(shard, labels=LABELS),
+        job_resources=profiles.load_profile("geneformer")["resources"],
+        data_paths=[shard["dataset"]],
+        output_root=str(tmp_path / "runs"),
     ), tmp_path
 
 
@@ -185,7 +183,7 @@ def test_docker_container_is_non_root_offline_removed_and_gets_gpus(docker_op):
     assert op.image == containers.DEFAULT_IMAGE
     assert op.user == "10001:10001"
     assert op.network_mode == "none"
-    assert op.auto_remove == "success"
+    assert op.auto_remove == "force"  # removed whatever happens, also by on_kill
     assert op.command[:2] == ["embed", "--input"]
     (gpus,) = op.device_requests
     assert gpus["Count"] == 1 and gpus["Capabilities"] == [["gpu"]]
@@ -194,17 +192,28 @@ def test_docker_container_is_non_root_offline_removed_and_gets_gpus(docker_op):
 
 
 def test_docker_json_command_squeezes_to_one_line_and_keeps_exit_code():
-    op = containers.docker_operator(
-        task_id="validate",
-        argv=runner.validate_args("/d/x.h5ad"),
-        profile=profiles.load_profile("scgpt"),
-        env={},
-        data_dir=Path("/d"),
-        output_dir=None,
-        want_json=True,
-    )
+    (job,) = jobs.validate_jobs([{"uri": "/d/x.h5ad", "name": "x"}])
+    op = containers.RunnerDockerOperator(task_id="validate", **job)
     assert op.entrypoint[:2] == ["/bin/sh", "-c"] and "exit $rc" in op.entrypoint[2]
     assert op.do_xcom_push is True and op.xcom_all is False
+    assert [m["Target"] for m in op.mounts] == ["/d"]
+    # the one-line JSON the container prints last becomes the step's result
+    assert op._finish({}, '{"n_cells": 5}') == {"n_cells": 5, "uri": "/d/x.h5ad", "name": "x"}
+
+
+def test_docker_network_honours_the_setting(monkeypatch):
+    monkeypatch.delenv("HELICAL_RUNNER_PUSHGATEWAY", raising=False)
+    monkeypatch.delenv("HELICAL_DOCKER_NETWORK", raising=False)
+    assert containers.docker_network({}, ["validate", "--input", "/d/x.h5ad"]) == "none"
+    assert containers.docker_network({}, ["validate", "--input", "s3://b/x.h5ad"]) == "bridge"
+    # metrics need the Pushgateway: never silently cut off
+    assert (
+        containers.docker_network({"HELICAL_RUNNER_PUSHGATEWAY": "http://pg:9091"}, []) == "bridge"
+    )
+    monkeypatch.setenv("HELICAL_DOCKER_NETWORK", "helical-runner")
+    assert containers.docker_network({}, ["validate", "--input", "/d/x.h5ad"]) == "helical-runner"
+    op = containers.RunnerDockerOperator(task_id="t", runner_args=["validate"])
+    assert op.network_mode == "helical-runner"
 
 
 def test_docker_exit_code_parsed_from_the_operator_error():
@@ -219,6 +228,11 @@ def test_docker_exit_code_parsed_from_the_operator_error():
 def test_backend_is_chosen_by_configuration(monkeypatch):
     monkeypatch.delenv("HELICAL_BACKEND", raising=False)
     assert backend.backend_name() == "local"
+    assert backend.runner_operator() is local.LocalRunnerOperator
+    monkeypatch.setenv("HELICAL_BACKEND", "docker")
+    assert backend.runner_operator() is containers.RunnerDockerOperator
+    monkeypatch.setenv("HELICAL_BACKEND", "kubernetes")
+    assert backend.runner_operator() is containers.RunnerPodOperator
     for name in ("docker", "kubernetes", "LOCAL"):
         monkeypatch.setenv("HELICAL_BACKEND", name)
         assert backend.backend_name() == name.lower()

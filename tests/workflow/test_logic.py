@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
+from airflow.sdk.exceptions import AirflowFailException
 
-from helical_workflow import inputs, local, plan, pools, profiles, runner
+from helical_workflow import inputs, jobs, local, plan, pools, profiles, provenance, runner, steps
 
 # ----------------------------------------------------------------- profiles
 
@@ -121,9 +122,9 @@ def test_plan_groups_shards_by_pool_and_keeps_merge_order():
         overrides={"geneformer": {"cells_per_shard": 10}, "uce": {"cells_per_shard": 20}},
         run_root="s3://out/run_1",
     )
-    gf = planned["shards"]["gpu-nvidia-a10g"]
+    gf = planned["gpu-nvidia-a10g"]
     assert [(s["start"], s["stop"]) for s in gf] == [(0, 10), (10, 20), (20, 25)]
-    assert [(s["start"], s["stop"]) for s in planned["shards"]["gpu-nvidia-l40s"]] == [
+    assert [(s["start"], s["stop"]) for s in planned["gpu-nvidia-l40s"]] == [
         (0, 20),
         (20, 25),
     ]
@@ -176,7 +177,7 @@ def test_embed_command_carries_range_hash_overrides_and_labels():
     ]
 
 
-@pytest.mark.parametrize("code", [75, 137, -9])
+@pytest.mark.parametrize("code", [75, 137, -9, 143, -15])
 def test_transient_exits_are_retryable(code):
     with pytest.raises(runner.RunnerTransientError, match=f"exit {code}"):
         runner.raise_for_exit(code, what="embed x")
@@ -201,28 +202,84 @@ def test_passthrough_env_only_carries_runner_settings(monkeypatch):
 # -------------------------------------------------------------------- local
 
 
-def test_local_run_streams_both_streams_and_keeps_the_error_line(caplog):
-    code = "import sys; print('{\"ok\": true}'); print('helical-runner: error: bad (x)', file=sys.stderr); sys.exit(2)"
-    with caplog.at_level("INFO", logger="helical_workflow.local"):
-        result = local.run([sys.executable, "-c", code], env={})
-    assert result.code == 2 and result.stdout == '{"ok": true}'
-    assert result.error == "helical-runner: error: bad (x)"
-    assert "[runner stderr] helical-runner: error: bad (x)" in caplog.text
+def _fake_runner(tmp_path, monkeypatch, body: str) -> None:
+    """A stand-in ``helical-runner`` (the operator's contract is exit codes and output)."""
+    script = tmp_path / "helical-runner"
+    script.write_text(f"#!{sys.executable}\nimport os, sys, json, subprocess, time\n{body}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("HELICAL_RUNNER_BIN", str(script))
 
 
-def test_local_run_hides_airflow_settings_from_the_runner(monkeypatch):
+def _local(**job):
+    return local.LocalRunnerOperator(task_id="validate", **{"job_label": "x", **job})
+
+
+def test_local_operator_returns_the_json_result_and_the_job_result(tmp_path, monkeypatch, capsys):
+    _fake_runner(
+        tmp_path,
+        monkeypatch,
+        "print('loading', file=sys.stderr); print(json.dumps({'n_cells': 3, 'argv': sys.argv[1:]}))",
+    )
+    op = _local(runner_args=["validate", "--json"], want_json=True, job_result={"name": "x"})
+    out = op.execute({})
+    assert out == {"n_cells": 3, "argv": ["validate", "--json"], "name": "x"}
+    assert "loading" in capsys.readouterr().out  # the runner's stderr is in the task log
+
+
+def test_local_operator_bad_input_fails_without_retry_with_the_runner_line(tmp_path, monkeypatch):
+    _fake_runner(
+        tmp_path,
+        monkeypatch,
+        "print('helical-runner: error: corrupt file (x.h5ad)', file=sys.stderr); sys.exit(2)",
+    )
+    with pytest.raises(AirflowFailException, match="not retried: helical-runner: error: corrupt"):
+        _local(runner_args=["validate"]).execute({})
+
+
+def test_local_operator_transient_exit_is_retried(tmp_path, monkeypatch):
+    _fake_runner(tmp_path, monkeypatch, "sys.exit(75)")
+    with pytest.raises(runner.RunnerTransientError, match="exit 75"):
+        _local(runner_args=["embed"]).execute({})
+
+
+def test_local_operator_hides_airflow_settings_from_the_runner(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://u:pw@db/airflow")
-    code = "import os; print(sorted(k for k in os.environ if k.startswith('AIRFLOW')))"
-    assert local.run([sys.executable, "-c", code], env={"X": "1"}).stdout == "[]"
+    monkeypatch.setenv("HELICAL_RUNNER_MODEL_STORE", "/store")
+    _fake_runner(
+        tmp_path,
+        monkeypatch,
+        "print(json.dumps({'airflow': sorted(k for k in os.environ if k.startswith('AIRFLOW')),"
+        " 'store': os.environ.get('HELICAL_RUNNER_MODEL_STORE')}))",
+    )
+    out = _local(runner_args=["ls"], want_json=True).execute({})
+    assert out == {"airflow": [], "store": "/store"}
 
 
-def test_local_run_kills_the_process_group_at_the_timeout(tmp_path):
+def test_local_operator_timeout_is_the_jobs_own():
+    op = _local(runner_args=["embed"], timeout_s=60)
+    assert op.execution_timeout.total_seconds() == 60 + steps.TIMEOUT_GRACE_S
+
+
+def test_local_operator_on_kill_stops_the_runner_and_its_children(tmp_path, monkeypatch):
     pidfile = tmp_path / "child.pid"
-    code = f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); open('{pidfile}', 'w').write(str(p.pid)); time.sleep(60)"
-    start = time.monotonic()
-    with pytest.raises(AirflowTaskTimeout):
-        local.run([sys.executable, "-c", code], env={}, timeout_s=2)
-    assert time.monotonic() - start < 10
+    _fake_runner(
+        tmp_path,
+        monkeypatch,
+        f"p = subprocess.Popen(['sleep', '60']); open('{pidfile}', 'w').write(str(p.pid)); time.sleep(60)",
+    )
+    op = _local(runner_args=["embed"])
+    errors = []
+    thread = threading.Thread(target=lambda: _catch(errors, op.execute, {}))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pidfile.exists(), "the runner never started"
+    op.on_kill()  # what Airflow calls when the task is marked failed or times out
+    thread.join(20)
+    assert not thread.is_alive()
+    # killed by SIGTERM: retried like any other kill
+    assert isinstance(errors[0], runner.RunnerTransientError), errors
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -234,4 +291,76 @@ def test_local_run_kills_the_process_group_at_the_timeout(tmp_path):
             break
         time.sleep(0.1)
     else:
-        pytest.fail("the runner's child survived the timeout")
+        pytest.fail("the runner's child survived on_kill")
+
+
+def _catch(errors, fn, *args):
+    try:
+        fn(*args)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+# --------------------------------------------------------------------- jobs
+
+
+def test_jobs_hand_each_step_what_it_needs_without_reparsing_paths():
+    validated = [{"uri": "/d/a.h5ad", "name": "a", "n_cells": 25, "sha256": "f" * 64}]
+    planned = plan.plan_run(
+        validated=validated,
+        models=["geneformer"],
+        overrides={"geneformer": {"cells_per_shard": 10}},
+        run_root="/out/run_1",
+    )
+    embeds = jobs.embed_jobs(
+        planned["gpu-nvidia-a10g"], dag_id="d", task_id="embed_gpu_nvidia_a10g", run_id="r"
+    )
+    assert [j["job_label"] for j in embeds] == [
+        "a/geneformer/0:10",
+        "a/geneformer/10:20",
+        "a/geneformer/20:25",
+    ]
+    assert all(
+        j["output_root"] == "/out/run_1" and j["data_paths"] == ["/d/a.h5ad"] for j in embeds
+    )
+    assert embeds[0]["job_resources"]["gpu"]["type"] == "nvidia-a10g"
+    assert "task_id=embed_gpu_nvidia_a10g" in embeds[0]["runner_args"]
+    (merge,) = jobs.merge_jobs(planned["merges"])
+    assert (
+        merge["job_result"]["manifest"] == "/out/run_1/a/embeddings/geneformer.h5ad.manifest.json"
+    )
+    # the report only gets the embeddings whose merge succeeded; none merged: no report
+    assert jobs.report_jobs(planned["reports"], [], label_key="cell_type") == []
+    (report,) = jobs.report_jobs(planned["reports"], [merge["job_result"]], label_key="cell_type")
+    assert report["job_result"]["html"] == "/out/run_1/a/report/report.html"
+    assert report["runner_args"][report["runner_args"].index("--label-key") + 1] == "cell_type"
+
+
+def test_ls_jobs_only_for_s3_prefixes_and_listing_feeds_expand():
+    listed = jobs.ls_jobs(["/local/dir", "s3://b/p/", "s3://b/x.h5ad", "s3://b/p/"])
+    assert [j["runner_args"] for j in listed] == [["ls", "s3://b/p/"]]
+    found = jobs.listed_prefixes([{"datasets": {"s3://b/p/": ["s3://b/p/a.h5ad"]}}, None])
+    assert inputs.expand_datasets(["s3://b/p/"], list_s3=found.__getitem__) == ["s3://b/p/a.h5ad"]
+
+
+def test_models_are_checked_before_any_work():
+    with pytest.raises(profiles.ProfileError, match="no models"):
+        plan.models_and_overrides({"models": []})
+    with pytest.raises(profiles.ProfileError, match="not requested"):
+        plan.models_and_overrides({"models": ["uce"], "profile_overrides": {"scgpt": {}}})
+    assert plan.models_and_overrides({"models": ["uce", "uce"]}) == (["uce"], {})
+
+
+def test_provenance_problems_name_what_is_missing():
+    record = {
+        "datasets": [
+            {"name": "a", "status": "validated"},
+            {"name": "b", "status": "failed validation"},
+        ],
+        "outputs": [{"dataset_name": "a", "model": "uce", "status": "missing"}],
+        "reports": [{"dataset_name": "a", "status": "written"}],
+    }
+    assert provenance.problems(record) == [
+        "failed validation: ['b']",
+        "outputs missing (an embed or merge task failed): ['a/uce']",
+    ]
