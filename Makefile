@@ -6,7 +6,10 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 env: ## create/refresh every environment (.venvs/*) and the Debian packages
-	scripts/bootstrap.sh runner airflow tools checkov system
+	scripts/bootstrap.sh runner airflow tools checkov system docker
+
+image: ## build the CPU runner image with a private Docker engine (cached; scripts/docker-image.sh)
+	scripts/bootstrap.sh docker && scripts/docker-image.sh
 
 demo: ## run the whole embedding workflow end to end on embedded defaults
 	scripts/demo.sh
@@ -29,4 +32,4 @@ test-stack: ## local stack + observability tests only
 lint: ## ruff over all Python
 	.venvs/runner/bin/ruff check . && .venvs/runner/bin/ruff format --check .
 
-.PHONY: help env demo test test-runner test-workflow test-infra test-stack lint
+.PHONY: help env image demo test test-runner test-workflow test-infra test-stack lint

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's isolated environments, idempotently.
 #
-#   scripts/bootstrap.sh runner airflow tools checkov system
+#   scripts/bootstrap.sh runner airflow tools checkov system docker
 #
 # Each Python environment lands in .venvs/<name> and is rebuilt only when the
 # requirement files it was built from change (a stamp records their hash).
@@ -100,10 +100,27 @@ env_system() {
   log "system packages ready"
 }
 
-[[ $# -gt 0 ]] || set -- runner airflow tools checkov system
+# Debian's Docker engine and debootstrap: the Docker backend's image build and
+# end-to-end test (scripts/docker-engine.sh runs a private daemon; Debian's own
+# service is stopped so nothing listens on the default socket).
+env_docker() {
+  local pkgs=(docker.io debootstrap)
+  local missing=()
+  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    (systemctl stop docker.service docker.socket || service docker stop) >/dev/null 2>&1 || true
+  fi
+  log "docker engine packages ready"
+}
+
+[[ $# -gt 0 ]] || set -- runner airflow tools checkov system docker
 for target in "$@"; do
   case "$target" in
-    runner|airflow|tools|checkov|system) "env_$target" ;;
-    *) log "unknown environment '$target' (runner|airflow|tools|checkov|system)"; exit 2 ;;
+    runner|airflow|tools|checkov|system|docker) "env_$target" ;;
+    *) log "unknown environment '$target' (runner|airflow|tools|checkov|system|docker)"; exit 2 ;;
   esac
 done

@@ -5,7 +5,9 @@
 #   scripts/test.sh runner infra    # some groups
 #
 # Groups: runner (runner venv), workflow (airflow venv), stack (airflow venv +
-# Debian servers), infra (tools + checkov venvs, terraform, helm).
+# Debian servers), infra (tools + checkov venvs, terraform, helm). workflow
+# includes the Docker backend's end to end test (marker `docker`: Debian's
+# engine, the runner image built on this machine; scripts/docker-image.sh).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE=1
 
 declare -A ENVS=(
   [runner]="runner system"
-  [workflow]="runner airflow"
+  [workflow]="runner airflow docker"
   [stack]="runner airflow tools system"
   [infra]="tools checkov"
 )

@@ -125,7 +125,7 @@ def docker_mounts(
             Mount(target=str(data_dir), source=str(data_dir), type="bind", read_only=True)
         )
     if output_dir:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        _runner_owned_folder(output_dir)
         mounts.append(
             Mount(target=str(output_dir), source=str(output_dir), type="bind", read_only=False)
         )
@@ -133,6 +133,20 @@ def docker_mounts(
     if store and not store.startswith("s3://"):
         mounts.append(Mount(target=store, source=store, type="bind", read_only=True))
     return mounts
+
+
+def _runner_owned_folder(folder: Path) -> None:
+    """The run's output folder, writable by the runner's non-root user.
+
+    A worker running as root (the DAG's own tests, a root Celery worker) hands a
+    folder it creates to the runner user; otherwise the output root must already
+    be writable by uid 10001 (docs/workflow.md, Docker backend).
+    """
+    if folder.is_dir():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(folder, RUNNER_UID, RUNNER_UID)
 
 
 class RunnerDockerOperator(RunnerStep, DockerOperator):

@@ -135,3 +135,43 @@ def airflow(workdir, runner_env):
     deployment.broken_dir = broken
     with deployment:
         yield deployment
+
+
+GOOD_RUN_MODELS = ["geneformer", "scgpt"]
+
+
+def good_run_conf(data_dir: Path) -> dict:
+    """Two datasets (a folder and a file) x two models, two shards each."""
+    return {
+        "datasets": [str(data_dir / "pbmc_a"), str(data_dir / "pbmc_b" / "pbmc_b.h5ad")],
+        "models": GOOD_RUN_MODELS,
+        "profile_overrides": {m: {"cells_per_shard": 150} for m in GOOD_RUN_MODELS},
+    }
+
+
+@pytest.fixture(scope="session")
+def good_run(airflow, data_dir):
+    """The good run on the local backend (also the reference for the Docker backend)."""
+    run_id = airflow.trigger(good_run_conf(data_dir))
+    return run_id, airflow.wait(run_id, 420)
+
+
+def run_root_of(airflow, run_id) -> Path:
+    """``<output_root>/<run>`` of a run, found by its provenance.json."""
+    roots = [
+        p
+        for p in Path(airflow.env["HELICAL_OUTPUT_ROOT"]).iterdir()
+        if (p / "provenance.json").exists()
+    ]
+    match = [
+        p for p in roots if json.loads((p / "provenance.json").read_text())["run_id"] == run_id
+    ]
+    assert len(match) == 1, f"no provenance.json for {run_id} under {roots}"
+    return match[0]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "docker: runs the DAG on a real Docker engine (scripts/docker-engine.sh, docker-image.sh)",
+    )

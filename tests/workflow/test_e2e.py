@@ -7,27 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import GOOD_RUN_MODELS as MODELS
 from conftest import read_embedding_shape, read_obs_names
 
-MODELS = ["geneformer", "scgpt"]
 RUN_TIMEOUT = 420
 
 
 def _states(airflow, run_id) -> dict[tuple[str, int], object]:
     return {(ti.task_id, ti.map_index): ti for ti in airflow.task_instances(run_id)}
-
-
-@pytest.fixture(scope="module")
-def good_run(airflow, data_dir):
-    """Two datasets (a folder and a file) x two models, two shards each."""
-    conf = {
-        "datasets": [str(data_dir / "pbmc_a"), str(data_dir / "pbmc_b" / "pbmc_b.h5ad")],
-        "models": MODELS,
-        "profile_overrides": {m: {"cells_per_shard": 150} for m in MODELS},
-    }
-    run_id = airflow.trigger(conf)
-    state = airflow.wait(run_id, RUN_TIMEOUT)
-    return run_id, state
 
 
 def test_every_mapped_task_succeeded(airflow, good_run):

@@ -308,7 +308,7 @@ def test_exit_2_fails_without_retry_and_names_the_runner_error():
 def test_exit_75_is_retried():
     log = ["helical-runner: transient error: S3 read timed out"]
     cluster = FakeCluster(exit_code=75, log=log)
-    with pytest.raises(runner.RunnerTransientError, match="exit 75.*S3 read timed out"):
+    with pytest.raises(runner.RunnerTransientError, match=r"exit 75.*S3 read timed out"):
         _operator(cluster).execute(_context())
     assert cluster.pods == {}
 
@@ -356,7 +356,7 @@ def test_on_kill_deletes_the_running_pod():
     def run():
         try:
             op.execute(_context())
-        except BaseException as exc:  # noqa: BLE001 (collected for the assertion)
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
