@@ -153,7 +153,7 @@ def good_run_conf(data_dir: Path) -> dict:
 def good_run(airflow, data_dir):
     """The good run on the local backend (also the reference for the Docker backend)."""
     run_id = airflow.trigger(good_run_conf(data_dir))
-    return run_id, airflow.wait(run_id, 420)
+    return run_id, airflow.wait(run_id, 720)
 
 
 def run_root_of(airflow, run_id) -> Path:

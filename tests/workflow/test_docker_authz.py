@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-from docker import APIClient
 from regopy import Interpreter
 
+from docker import APIClient
 from helical_workflow import containers, jobs
 
 REPO = Path(__file__).resolve().parents[2]
