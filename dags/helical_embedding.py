@@ -132,6 +132,7 @@ def helical_embedding():
         """Expand folders/prefixes into files; check models and overrides before any work."""
         try:
             uris = inputs.expand_datasets(params["datasets"], list_s3=list_s3)
+            inputs.check_output_root(params["output_root"])
             models, overrides = _models_and_overrides(params)
             for model in models:
                 profile = profiles.load_profile(model, overrides.get(model))
