@@ -21,6 +21,7 @@ Settings (environment):
   HELICAL_STACK_POOL_SLOTS   slots of each GPU pool the DAG uses (default: worker concurrency)
   AIRFLOW__*, HELICAL_*      passed to every Airflow component, overriding the stack defaults
 """
+
 from __future__ import annotations
 
 import argparse
@@ -546,7 +547,14 @@ def _psql(stack: Stack, sql: str, *, query: bool = False) -> str:
 
 
 def postgres_ready(stack: Stack, sec: dict) -> bool:
-    ready = [str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(stack.ports["postgres"])]
+    ready = [
+        str(PG_BIN / "pg_isready"),
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(stack.ports["postgres"]),
+    ]
     if subprocess.run(ready).returncode != 0:
         return False
     _psql(stack, f"""
