@@ -109,7 +109,8 @@ def helical_embedding():
     @task
     def ls_jobs(params=None) -> list[dict]:
         """`helical-runner ls` for each s3:// prefix (only runner pods may read the bucket)."""
-        return jobs.ls_jobs(params["datasets"])
+        _checked(inputs.check_output_root, params["output_root"])
+        return _checked(jobs.ls_jobs, params["datasets"])
 
     @task(trigger_rule="none_failed")
     def resolve(listed: list, params=None) -> list[dict]:

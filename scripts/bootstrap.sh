@@ -84,7 +84,9 @@ env_checkov() {
 
 # Debian packages for the local stack and its tests (servers run on loopback).
 env_system() {
-  local pkgs=(postgresql redis-server prometheus prometheus-pushgateway)
+  local pkgs=(postgresql redis-server prometheus prometheus-pushgateway supervisor
+              prometheus-process-exporter prometheus-postgres-exporter prometheus-redis-exporter
+              chromium chromium-driver)
   local missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if ((${#missing[@]})); then
@@ -93,7 +95,8 @@ env_system() {
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # Debian starts the packaged services; the stack scripts run their own.
-    for s in postgresql redis-server prometheus prometheus-pushgateway; do
+    for s in postgresql redis-server prometheus prometheus-pushgateway supervisor \
+             prometheus-process-exporter prometheus-postgres-exporter prometheus-redis-exporter; do
       (systemctl stop "$s" || service "$s" stop) >/dev/null 2>&1 || true
     done
   fi

@@ -2,15 +2,18 @@
 
     stack/stack.sh start | stop | status [--json] | restart COMPONENT
 
-Postgres, Redis, Prometheus, Pushgateway (Debian packages), the StatsD receiver,
-a process exporter (CPU/memory per component, in place of cAdvisor) and Airflow 3 with CeleryExecutor (api-server, scheduler, dag-processor,
-triggerer, celery worker), all on 127.0.0.1. Every process runs in its own
-session (so its group can be stopped as a whole), its PID and start time are
-recorded in `<state>/pids/`, and `stop` signals exactly those PIDs. Both
-commands are idempotent.
+Postgres, Redis, Prometheus, Pushgateway, the process, Postgres and Redis
+exporters (Debian packages), the StatsD receiver and Airflow 3 with
+CeleryExecutor (api-server, scheduler, dag-processor, triggerer, celery
+worker), all on 127.0.0.1, run by Debian's `supervisor`: `start` writes one
+supervisord config (`<state>/supervisord.conf`, 0600: it carries the
+components' secret environment), starts supervisord and then each component in
+order, waiting until it answers; supervisord restarts a component that exits
+(`restart: unless-stopped` in compose terms). `stop` stops every component in
+reverse order and then supervisord. Both commands are idempotent.
 
 Settings (environment):
-  HELICAL_STACK_STATE        state dir (default: <repo>/.state/stack): data, logs, pids, secrets
+  HELICAL_STACK_STATE        state dir (default: <repo>/.state/stack): data, logs, secrets
   HELICAL_STACK_PORT_BASE    first port of the block the stack uses (default 18700, see PORTS)
   HELICAL_STACK_AIRFLOW_VENV Airflow environment (default: <repo>/.venvs/airflow)
   HELICAL_STACK_DAGS         DAG folder (default: <repo>/dags)
@@ -23,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +50,8 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PORTS = {
     "statsd_web": 2,
     "process_exporter": 3,
+    "postgres_exporter": 4,
+    "redis_exporter": 5,
     "statsd_udp": 25,
     "postgres": 32,
     "redis": 79,
@@ -63,6 +68,8 @@ COMPONENTS = (
     "redis",
     "statsd-receiver",
     "process-exporter",
+    "postgres-exporter",
+    "redis-exporter",
     "pushgateway",
     "prometheus",
     "airflow-api-server",
@@ -100,105 +107,135 @@ class Stack:
     def path(self, *parts: str) -> Path:
         return self.state.joinpath(*parts)
 
-    def pidfile(self, name: str) -> Path:
-        return self.path("pids", f"{name}.pid")
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.path("supervisord.conf")
 
     def logfile(self, name: str) -> Path:
         return self.path("logs", f"{name}.log")
 
 
-# --- process bookkeeping -----------------------------------------------------
+# --- supervisor -------------------------------------------------------------------
 
 
-def _start_time(pid: int) -> str | None:
-    """Kernel start time of a PID: tells a live process from a recycled PID."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a zombie is gone for our purposes
-        return None
-    return fields[19]
+@dataclass(frozen=True)
+class Program:
+    """One component as supervisord runs it."""
 
-
-def tracked_pid(stack: Stack, name: str) -> int | None:
-    """PID of a component if the process recorded for it still runs."""
-    try:
-        pid_text, started = stack.pidfile(name).read_text().split()
-    except (OSError, ValueError):
-        return None
-    pid = int(pid_text)
-    return pid if _start_time(pid) == started else None
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg(…, 0) also succeeds for zombies; look for a live member.
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
-
-
-def spawn(
-    stack: Stack, name: str, argv: list[str], *, env: dict | None = None, user: str | None = None
-) -> int:
-    """Start one component in a new session, log to its file, record its PID."""
-    log = stack.logfile(name).open("ab")
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=stack.state,
-        start_new_session=True,
-        user=user,
-        group=user,
-        extra_groups=[] if user else None,
-    )
-    log.close()
-    started = None
-    deadline = time.monotonic() + 5
-    while started is None and time.monotonic() < deadline:
-        started = _start_time(proc.pid)
-    if started is None:
-        raise RuntimeError(f"{name} exited at once; see {stack.logfile(name)}")
-    stack.pidfile(name).write_text(f"{proc.pid} {started}\n")
-    return proc.pid
-
-
-def stop_component(stack: Stack, name: str, timeout: float = 30.0) -> bool:
-    """Stop a component by its recorded PID (its whole process group). True if it ran."""
-    pid = tracked_pid(stack, name)
-    if pid is None:
-        stack.pidfile(name).unlink(missing_ok=True)
-        return False
+    argv: list[str]
+    user: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
     # Postgres' fast shutdown is SIGINT to the postmaster, which stops its own children.
-    sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
-    deadline = time.monotonic() + timeout
-    while _group_alive(pid) and time.monotonic() < deadline:
+    stopsignal: str = "TERM"
+    stopasgroup: bool = True
+
+
+def _ini_value(text: str) -> str:
+    # supervisord expands %(name)s in its values: a literal % is written %%.
+    return text.replace("%", "%%")
+
+
+def render_supervisor_conf(stack: Stack, programs: dict[str, Program]) -> str:
+    lines = [
+        "; Written by stack/stackctl.py at every start; do not edit (0600: secrets).",
+        "[unix_http_server]",
+        f"file={stack.path('supervisor.sock')}",
+        "chmod=0700",
+        "[supervisord]",
+        f"logfile={stack.logfile('supervisord')}",
+        f"pidfile={stack.path('supervisord.pid')}",
+        f"childlogdir={stack.path('logs')}",
+        f"directory={stack.state}",
+        "identifier=helical-stack",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "[supervisorctl]",
+        f"serverurl=unix://{stack.path('supervisor.sock')}",
+    ]
+    for name, prog in programs.items():
+        lines += [
+            f"[program:{name}]",
+            f"command={_ini_value(shlex.join(prog.argv))}",
+            f"directory={stack.state}",
+            # Started one by one by `stack.sh start`, in dependency order, then kept up.
+            "autostart=false",
+            "autorestart=true",
+            "startsecs=1",
+            "startretries=10",
+            f"stopsignal={prog.stopsignal}",
+            f"stopasgroup={str(prog.stopasgroup).lower()}",
+            "killasgroup=true",
+            "stopwaitsecs=30",
+            f"stdout_logfile={stack.logfile(name)}",
+            "stdout_logfile_maxbytes=20MB",
+            "redirect_stderr=true",
+        ]
+        if prog.user:
+            lines.append(f"user={prog.user}")
+        if prog.env:
+            pairs = ",".join(f'{k}="{_ini_value(v)}"' for k, v in prog.env.items())
+            lines.append(f"environment={pairs}")
+    return "\n".join(lines) + "\n"
+
+
+def supervisorctl(stack: Stack, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["supervisorctl", "-c", str(stack.supervisor_conf), *args],
+        capture_output=True, text=True, check=check, cwd=stack.state,
+    )  # fmt: skip
+
+
+def supervisor_running(stack: Stack) -> bool:
+    if not stack.path("supervisor.sock").exists():
+        return False
+    return supervisorctl(stack, "pid").stdout.strip().isdigit()
+
+
+def program_states(stack: Stack) -> dict[str, tuple[str, int | None]]:
+    """name -> (supervisor state, pid); every component STOPPED when nothing runs."""
+    states: dict[str, tuple[str, int | None]] = {n: ("STOPPED", None) for n in COMPONENTS}
+    if not supervisor_running(stack):
+        return states
+    for line in supervisorctl(stack, "status").stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in states:
+            pid = int(parts[3].rstrip(",")) if parts[1] == "RUNNING" and len(parts) > 3 else None
+            states[parts[0]] = (parts[1], pid)
+    return states
+
+
+def running_pid(stack: Stack, name: str) -> int | None:
+    return program_states(stack)[name][1]
+
+
+def start_supervisord(stack: Stack, programs: dict[str, Program]) -> None:
+    _private_file(stack.supervisor_conf, render_supervisor_conf(stack, programs))
+    if supervisor_running(stack):
+        # Programs whose settings changed are restarted; unchanged ones keep running.
+        supervisorctl(stack, "update", check=True)
+        return
+    stack.path("supervisor.sock").unlink(missing_ok=True)
+    # A minimal environment: each program gets its own from the config.
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    subprocess.run(["supervisord", "-c", str(stack.supervisor_conf)], env=env, check=True,
+                   cwd=stack.state)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not supervisor_running(stack):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"supervisord did not start; see {stack.logfile('supervisord')}")
         time.sleep(0.2)
-    if _group_alive(pid):
-        print(f"[stack] {name} ignored SIGTERM for {timeout:.0f}s: SIGKILL", file=sys.stderr)
-        os.killpg(pid, signal.SIGKILL)
-        while _group_alive(pid):
-            time.sleep(0.1)
-    stack.pidfile(name).unlink(missing_ok=True)
-    return True
+
+
+def stop_supervisord(stack: Stack) -> None:
+    pidfile = stack.path("supervisord.pid")
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    supervisorctl(stack, "shutdown")
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 # --- readiness -------------------------------------------------------------------
@@ -207,9 +244,10 @@ def stop_component(stack: Stack, name: str, timeout: float = 30.0) -> bool:
 def wait_for(what: str, check, timeout: float, stack: Stack, name: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if tracked_pid(stack, name) is None:
+        state = program_states(stack)[name][0]
+        if state in ("FATAL", "EXITED", "STOPPED"):
             raise RuntimeError(f"{what} died while starting; see {stack.logfile(name)}")
-        if check():
+        if state == "RUNNING" and check():
             return
         time.sleep(0.3)
     raise RuntimeError(f"{what} not ready after {timeout:.0f}s; see {stack.logfile(name)}")
@@ -240,23 +278,23 @@ def airflow_health(stack: Stack) -> dict:
 
 # --- secrets ---------------------------------------------------------------------
 
+SECRET_NAMES = ("fernet_key", "jwt_secret", "api_secret_key", "postgres_password",
+                "monitor_password", "redis_password", "admin_password")  # fmt: skip
+
 
 def load_secrets(stack: Stack) -> dict[str, str]:
     """Secrets generated at first start, kept 0600 in the state dir, never logged."""
     path = stack.path("secrets.json")
-    if path.exists():
-        return json.loads(path.read_text())
-    values = {
-        "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "jwt_secret": secrets.token_urlsafe(48),
-        "api_secret_key": secrets.token_urlsafe(32),
-        "postgres_password": secrets.token_urlsafe(24),
-        "redis_password": secrets.token_urlsafe(24),
-        "admin_password": secrets.token_urlsafe(16),
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(values, fh)
+    values = json.loads(path.read_text()) if path.exists() else {}
+    missing = [n for n in SECRET_NAMES if n not in values]
+    for name in missing:
+        values[name] = (
+            base64.urlsafe_b64encode(os.urandom(32)).decode()
+            if name == "fernet_key"
+            else secrets.token_urlsafe(24)
+        )
+    if missing:
+        _private_file(path, json.dumps(values))
     return values
 
 
@@ -264,6 +302,7 @@ def _private_file(path: Path, text: str, owner: str | None = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    os.chmod(path, 0o600)  # O_CREAT's mode applies only to a new file
     if owner:
         shutil.chown(path, owner, owner)
 
@@ -275,121 +314,7 @@ def _service_dir(stack: Stack, name: str, owner: str) -> Path:
     return directory
 
 
-# --- components -------------------------------------------------------------------
-
-
-def start_postgres(stack: Stack, sec: dict) -> None:
-    data = stack.path("postgres", "data")
-    run_dir = _service_dir(stack, "postgres", "postgres")
-    if not (data / "PG_VERSION").exists():
-        pwfile = run_dir / "initpw"
-        _private_file(pwfile, sec["postgres_password"] + "\n", owner="postgres")
-        subprocess.run(
-            [PG_BIN / "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile,
-             "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8"],
-            user="postgres", group="postgres", extra_groups=[], check=True,
-            stdout=subprocess.DEVNULL, cwd=run_dir,
-        )  # fmt: skip
-        pwfile.unlink()
-    argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(stack.ports["postgres"]),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={run_dir}",
-            "-c", "max_connections=200"]  # fmt: skip
-    spawn(stack, "postgres", argv, user="postgres")
-    port = stack.ports["postgres"]
-    ready = [str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
-    wait_for("postgres", lambda: subprocess.run(ready).returncode == 0, 60, stack, "postgres")
-    psql = [str(PG_BIN / "psql"), "-h", str(run_dir), "-p", str(port), "-U", "postgres", "-qtA"]
-    role_sql = (
-        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='airflow') THEN "
-        f"CREATE ROLE airflow LOGIN PASSWORD '{sec['postgres_password']}'; END IF; END$$;"
-    )
-    run_as_pg = {"user": "postgres", "group": "postgres", "extra_groups": [], "cwd": run_dir}
-    subprocess.run([*psql, "-c", role_sql], check=True, **run_as_pg)
-    exists = subprocess.run(
-        [*psql, "-c", "SELECT 1 FROM pg_database WHERE datname='airflow'"],
-        check=True, capture_output=True, text=True, **run_as_pg,
-    ).stdout.strip()  # fmt: skip
-    if not exists:
-        subprocess.run(
-            [*psql, "-c", "CREATE DATABASE airflow OWNER airflow"], check=True, **run_as_pg
-        )
-
-
-def start_redis(stack: Stack, sec: dict) -> None:
-    run_dir = _service_dir(stack, "redis", "redis")
-    conf = run_dir / "redis.conf"
-    _private_file(
-        conf,
-        f"bind 127.0.0.1\nport {stack.ports['redis']}\nrequirepass {sec['redis_password']}\n"
-        f'dir {run_dir}\nsave ""\nappendonly no\nprotected-mode yes\ndaemonize no\n',
-        owner="redis",
-    )
-    spawn(stack, "redis", ["redis-server", str(conf)], user="redis")
-    wait_for("redis", lambda: tcp_open(stack.ports["redis"]), 30, stack, "redis")
-
-
-def start_statsd_receiver(stack: Stack, sec: dict) -> None:
-    argv = [str(stack.airflow_venv / "bin" / "python"), str(REPO / "stack" / "statsd_receiver.py"),
-            "--mapping", str(REPO / "observability" / "statsd" / "mapping.yml"),
-            "--statsd-address", f"127.0.0.1:{stack.ports['statsd_udp']}",
-            "--web-address", f"127.0.0.1:{stack.ports['statsd_web']}"]  # fmt: skip
-    spawn(stack, "statsd-receiver", argv)
-    url = f"http://127.0.0.1:{stack.ports['statsd_web']}/-/healthy"
-    wait_for("statsd receiver", lambda: http_ok(url), 30, stack, "statsd-receiver")
-
-
-def start_process_exporter(stack: Stack, sec: dict) -> None:
-    argv = [str(stack.airflow_venv / "bin" / "python"), str(REPO / "stack" / "process_exporter.py"),
-            "--pids", str(stack.path("pids")),
-            "--web-address", f"127.0.0.1:{stack.ports['process_exporter']}"]  # fmt: skip
-    spawn(stack, "process-exporter", argv)
-    url = f"http://127.0.0.1:{stack.ports['process_exporter']}/metrics"
-    wait_for("process exporter", lambda: http_ok(url), 30, stack, "process-exporter")
-
-
-def start_pushgateway(stack: Stack, sec: dict) -> None:
-    run_dir = _service_dir(stack, "pushgateway", "prometheus")
-    argv = ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{stack.ports['pushgateway']}",
-            f"--persistence.file={run_dir / 'metrics.store'}", "--persistence.interval=30s"]  # fmt: skip
-    spawn(stack, "pushgateway", argv, user="prometheus")
-    url = f"http://127.0.0.1:{stack.ports['pushgateway']}/-/ready"
-    wait_for("pushgateway", lambda: http_ok(url), 30, stack, "pushgateway")
-
-
-def render_prometheus_config(stack: Stack) -> str:
-    """The compose config with loopback targets (same rules, same job names)."""
-    rules = REPO / "observability" / "prometheus" / "rules" / "*.yml"
-    p = stack.ports
-    return f"""# Rendered by stack/stackctl.py for the native stack; do not edit.
-global:
-  scrape_interval: 5s
-  evaluation_interval: 15s
-  external_labels: {{platform: helical-workflow, environment: native}}
-rule_files: ["{rules}"]
-scrape_configs:
-  - job_name: prometheus
-    static_configs: [{{targets: ["127.0.0.1:{p["prometheus"]}"]}}]
-  - job_name: airflow
-    static_configs: [{{targets: ["127.0.0.1:{p["statsd_web"]}"]}}]
-  - job_name: pushgateway
-    honor_labels: true
-    static_configs: [{{targets: ["127.0.0.1:{p["pushgateway"]}"]}}]
-  # Stands in for cAdvisor: CPU/memory per component process group.
-  - job_name: processes
-    static_configs: [{{targets: ["127.0.0.1:{p["process_exporter"]}"]}}]
-"""
-
-
-def start_prometheus(stack: Stack, sec: dict) -> None:
-    run_dir = _service_dir(stack, "prometheus", "prometheus")
-    config = run_dir / "prometheus.yml"
-    config.write_text(render_prometheus_config(stack))
-    argv = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={run_dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{stack.ports['prometheus']}",
-            "--storage.tsdb.retention.time=7d"]  # fmt: skip
-    spawn(stack, "prometheus", argv, user="prometheus")
-    url = f"http://127.0.0.1:{stack.ports['prometheus']}/-/ready"
-    wait_for("prometheus", lambda: http_ok(url), 60, stack, "prometheus")
+# --- components: what runs -----------------------------------------------------------
 
 
 def airflow_env(stack: Stack, sec: dict) -> dict[str, str]:
@@ -439,48 +364,255 @@ def airflow_env(stack: Stack, sec: dict) -> dict[str, str]:
     return env
 
 
-def start_airflow(stack: Stack, sec: dict) -> None:
+def render_prometheus_config(stack: Stack) -> str:
+    """The compose config with loopback targets (same rules, same job names)."""
+    rules = REPO / "observability" / "prometheus" / "rules" / "*.yml"
+    p = stack.ports
+    return f"""# Rendered by stack/stackctl.py for the native stack; do not edit.
+global:
+  scrape_interval: 5s
+  evaluation_interval: 15s
+  external_labels: {{platform: helical-workflow, environment: native}}
+rule_files: ["{rules}"]
+scrape_configs:
+  - job_name: prometheus
+    static_configs: [{{targets: ["127.0.0.1:{p["prometheus"]}"]}}]
+  - job_name: airflow
+    static_configs: [{{targets: ["127.0.0.1:{p["statsd_web"]}"]}}]
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs: [{{targets: ["127.0.0.1:{p["pushgateway"]}"]}}]
+  - job_name: postgres
+    static_configs: [{{targets: ["127.0.0.1:{p["postgres_exporter"]}"]}}]
+  - job_name: redis
+    static_configs: [{{targets: ["127.0.0.1:{p["redis_exporter"]}"]}}]
+  # Stands in for cAdvisor: CPU/memory per component (prometheus-process-exporter).
+  - job_name: processes
+    static_configs: [{{targets: ["127.0.0.1:{p["process_exporter"]}"]}}]
+"""
+
+
+def render_process_exporter_config(stack: Stack) -> str:
+    """One process-exporter group per component, and one for runner jobs.
+
+    The first matching rule names a process; a process no rule matches joins
+    its parent's group (task processes forked by the worker, Postgres backends).
+    Runner jobs match their own rule, so their CPU is not the worker's.
+    Each rule carries something only this stack has (its state dir or a
+    port), so another stack on the same machine is not counted.
+    """
+    p, state = stack.ports, re.escape(str(stack.state))
+    airflow = re.escape(str(stack.airflow_venv / "bin" / "airflow"))
+    rules = {
+        "runner": [r"bin/helical-runner "],
+        "postgres": [rf"-D {state}/postgres/data"],
+        "redis": [rf"redis-server 127\.0\.0\.1:{p['redis']}\b"],
+        "statsd-receiver": [rf"statsd_receiver\.py .*127\.0\.0\.1:{p['statsd_web']}\b"],
+        "pushgateway": [rf"--web\.listen-address=127\.0\.0\.1:{p['pushgateway']}\b"],
+        "prometheus": [rf"^\S*prometheus --config\.file={state}/"],
+        "airflow-api-server": [rf"{airflow} api-server --port {p['api']}\b"],
+        "airflow-scheduler": [rf"{airflow} scheduler --pid {state}/"],
+        "airflow-dag-processor": [rf"{airflow} dag-processor --pid {state}/"],
+        "airflow-triggerer": [rf"{airflow} triggerer --pid {state}/"],
+        "airflow-worker": [rf"{airflow} celery worker --pid {state}/"],
+    }
+    groups = [{"name": name, "cmdline": regexes} for name, regexes in rules.items()]
+    return "# Rendered by stack/stackctl.py; do not edit.\n" + json.dumps(
+        {"process_names": groups}, indent=2
+    )
+
+
+def programs(stack: Stack, sec: dict) -> dict[str, Program]:
+    """Every component's command line, user and environment, in start order."""
+    p = stack.ports
+    python = str(stack.airflow_venv / "bin" / "python")
+    airflow = str(stack.airflow_venv / "bin" / "airflow")
+    pg_run = stack.path("postgres")
+    af_env = airflow_env(stack, sec)
+
+    def af(name: str, *args: str) -> Program:
+        # --pid puts the state dir in the command line: the process exporter tells
+        # this stack's components from another stack's by it. --skip-serve-logs: the
+        # log servers would bind every interface (Airflow has no host setting for
+        # them); on one machine the api-server reads task logs from the log folder.
+        return Program([airflow, *args, "--pid", str(stack.path(f"{name}.pid")), *extra.get(name, [])],
+                       env=af_env)  # fmt: skip
+
+    extra = {
+        "airflow-triggerer": ["--skip-serve-logs"],
+        "airflow-worker": ["--skip-serve-logs", "--concurrency", str(stack.worker_concurrency)],
+    }
+    monitor_dsn = (f"postgresql://monitor:{sec['monitor_password']}@127.0.0.1:{p['postgres']}"
+                   "/postgres?sslmode=disable")  # fmt: skip
+    progs = {
+        "postgres": Program(
+            [str(PG_BIN / "postgres"), "-D", str(pg_run / "data"), "-p", str(p["postgres"]),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={pg_run}",
+             "-c", "max_connections=200"],
+            user="postgres", stopsignal="INT", stopasgroup=False,
+        ),
+        "redis": Program(["redis-server", str(stack.path("redis", "redis.conf"))], user="redis"),
+        "statsd-receiver": Program(
+            [python, str(REPO / "stack" / "statsd_receiver.py"),
+             "--mapping", str(REPO / "observability" / "statsd" / "mapping.yml"),
+             "--statsd-address", f"127.0.0.1:{p['statsd_udp']}",
+             "--web-address", f"127.0.0.1:{p['statsd_web']}"],
+        ),
+        "process-exporter": Program(
+            ["prometheus-process-exporter", f"-web.listen-address=127.0.0.1:{p['process_exporter']}",
+             f"-config.path={stack.path('process-exporter.yml')}", "-threads=false",
+             "-gather-smaps=false"],
+            user="prometheus",
+        ),
+        # Credentials through the environment, never the command line.
+        "postgres-exporter": Program(
+            ["prometheus-postgres-exporter", f"--web.listen-address=127.0.0.1:{p['postgres_exporter']}"],
+            user="prometheus", env={"DATA_SOURCE_NAME": monitor_dsn},
+        ),
+        "redis-exporter": Program(
+            ["prometheus-redis-exporter", f"-web.listen-address=127.0.0.1:{p['redis_exporter']}",
+             f"-redis.addr=redis://127.0.0.1:{p['redis']}",
+             # Celery's queue is a Redis list named after the queue: its length is the backlog.
+             "-check-single-keys=db0=default"],
+            user="prometheus", env={"REDIS_PASSWORD": sec["redis_password"]},
+        ),
+        "pushgateway": Program(
+            ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{p['pushgateway']}",
+             f"--persistence.file={stack.path('pushgateway', 'metrics.store')}",
+             "--persistence.interval=30s"],
+            user="prometheus",
+        ),
+        "prometheus": Program(
+            ["prometheus", f"--config.file={stack.path('prometheus', 'prometheus.yml')}",
+             f"--storage.tsdb.path={stack.path('prometheus', 'data')}",
+             f"--web.listen-address=127.0.0.1:{p['prometheus']}",
+             "--storage.tsdb.retention.time=7d"],
+            user="prometheus",
+        ),
+        "airflow-api-server": Program(
+            [airflow, "api-server", "--port", str(p["api"]), "--host", "127.0.0.1", "--workers", "1"],
+            env=af_env,
+        ),
+        "airflow-scheduler": af("airflow-scheduler", "scheduler"),
+        "airflow-dag-processor": af("airflow-dag-processor", "dag-processor"),
+        "airflow-triggerer": af("airflow-triggerer", "triggerer"),
+        "airflow-worker": af("airflow-worker", "celery", "worker"),
+    }  # fmt: skip
+    return progs
+
+
+# --- components: getting ready ---------------------------------------------------------
+
+
+def prepare_files(stack: Stack, sec: dict) -> None:
+    """Data dirs and config files the components read, before supervisord starts them."""
+    pg_run = _service_dir(stack, "postgres", "postgres")
+    data = pg_run / "data"
+    if not (data / "PG_VERSION").exists():
+        pwfile = pg_run / "initpw"
+        _private_file(pwfile, sec["postgres_password"] + "\n", owner="postgres")
+        subprocess.run(
+            [PG_BIN / "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile,
+             "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8"],
+            user="postgres", group="postgres", extra_groups=[], check=True,
+            stdout=subprocess.DEVNULL, cwd=pg_run,
+        )  # fmt: skip
+        pwfile.unlink()
+    redis_dir = _service_dir(stack, "redis", "redis")
+    _private_file(
+        redis_dir / "redis.conf",
+        f"bind 127.0.0.1\nport {stack.ports['redis']}\nrequirepass {sec['redis_password']}\n"
+        f'dir {redis_dir}\nsave ""\nappendonly no\nprotected-mode yes\ndaemonize no\n',
+        owner="redis",
+    )
+    _service_dir(stack, "pushgateway", "prometheus")
+    prom_dir = _service_dir(stack, "prometheus", "prometheus")
+    (prom_dir / "prometheus.yml").write_text(render_prometheus_config(stack))
+    stack.path("process-exporter.yml").write_text(render_process_exporter_config(stack))
     home = stack.path("airflow")
     home.mkdir(mode=0o700, exist_ok=True)
     _private_file(home / "passwords.json", json.dumps({"admin": sec["admin_password"]}))
+
+
+def _psql(stack: Stack, sql: str, *, query: bool = False) -> str:
+    """Run SQL as the postgres superuser over the private socket; SQL on stdin, not argv."""
+    pg_run = stack.path("postgres")
+    argv = [str(PG_BIN / "psql"), "-h", str(pg_run), "-p", str(stack.ports["postgres"]),
+            "-U", "postgres", "-qtA", "-v", "ON_ERROR_STOP=1"]  # fmt: skip
+    proc = subprocess.run(argv, input=sql, capture_output=True, text=True, user="postgres",
+                          group="postgres", extra_groups=[], cwd=pg_run)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"psql failed: {proc.stderr.strip()}")
+    return proc.stdout.strip() if query else ""
+
+
+def postgres_ready(stack: Stack, sec: dict) -> bool:
+    ready = [
+        str(PG_BIN / "pg_isready"),
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(stack.ports["postgres"]),
+    ]
+    if subprocess.run(ready).returncode != 0:
+        return False
+    _psql(stack, f"""
+DO $$BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='airflow') THEN
+    CREATE ROLE airflow LOGIN PASSWORD '{sec["postgres_password"]}';
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='monitor') THEN
+    CREATE ROLE monitor LOGIN PASSWORD '{sec["monitor_password"]}' IN ROLE pg_monitor;
+  END IF;
+END$$;""")  # fmt: skip
+    if not _psql(stack, "SELECT 1 FROM pg_database WHERE datname='airflow'", query=True):
+        _psql(stack, "CREATE DATABASE airflow OWNER airflow")
+    return True
+
+
+def worker_ready(stack: Stack) -> bool:
+    log = stack.logfile("airflow-worker")
+    return log.exists() and b" ready." in log.read_bytes()
+
+
+def airflow_part(stack: Stack, key: str) -> bool:
+    return (airflow_health(stack).get(key) or {}).get("status") == "healthy"
+
+
+def readiness(stack: Stack, sec: dict) -> dict[str, tuple[str, object]]:
+    """name -> (address to print, check that it answers)."""
+    p = stack.ports
+    url = "http://127.0.0.1:{}{}".format
+    return {
+        "postgres": (f"127.0.0.1:{p['postgres']}", lambda: tcp_open(p["postgres"])),
+        "redis": (f"127.0.0.1:{p['redis']}", lambda: tcp_open(p["redis"])),
+        "statsd-receiver": (f"udp 127.0.0.1:{p['statsd_udp']}, {url(p['statsd_web'], '/metrics')}",
+                            lambda: http_ok(url(p["statsd_web"], "/metrics"))),
+        "process-exporter": (url(p["process_exporter"], "/metrics"),
+                             lambda: http_ok(url(p["process_exporter"], "/metrics"))),
+        "postgres-exporter": (url(p["postgres_exporter"], "/metrics"),
+                              lambda: http_ok(url(p["postgres_exporter"], "/metrics"))),
+        "redis-exporter": (url(p["redis_exporter"], "/metrics"),
+                           lambda: http_ok(url(p["redis_exporter"], "/metrics"))),
+        "pushgateway": (url(p["pushgateway"], ""), lambda: http_ok(url(p["pushgateway"], "/-/ready"))),
+        "prometheus": (url(p["prometheus"], ""), lambda: http_ok(url(p["prometheus"], "/-/ready"))),
+        "airflow-api-server": (url(p["api"], ""), lambda: bool(airflow_health(stack))),
+        "airflow-scheduler": ("", lambda: airflow_part(stack, "scheduler")),
+        "airflow-dag-processor": ("", lambda: airflow_part(stack, "dag_processor")),
+        "airflow-triggerer": ("", lambda: airflow_part(stack, "triggerer")),
+        "airflow-worker": ("", lambda: worker_ready(stack)),
+    }  # fmt: skip
+
+
+def before_airflow(stack: Stack, sec: dict) -> None:
+    """Schema migration and pools: once, before the first Airflow component starts."""
     env = airflow_env(stack, sec)
     airflow = str(stack.airflow_venv / "bin" / "airflow")
-    if tracked_pid(stack, "airflow-api-server") is None:
-        with stack.logfile("airflow-db-migrate").open("ab") as log:
-            subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=log,
-                           stderr=subprocess.STDOUT, cwd=stack.state)  # fmt: skip
+    with stack.logfile("airflow-db-migrate").open("ab") as log:
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=log,
+                       stderr=subprocess.STDOUT, cwd=stack.state)  # fmt: skip
     import_pools(stack, env, airflow)
-    commands = {
-        "airflow-api-server": [airflow, "api-server", "--port", str(stack.ports["api"]),
-                               "--host", "127.0.0.1", "--workers", "1"],
-        "airflow-scheduler": [airflow, "scheduler"],
-        "airflow-dag-processor": [airflow, "dag-processor"],
-        "airflow-triggerer": [airflow, "triggerer"],
-        "airflow-worker": [airflow, "celery", "worker", "--concurrency", str(stack.worker_concurrency)],
-    }  # fmt: skip
-    supervise = [str(stack.airflow_venv / "bin" / "python"), str(REPO / "stack" / "supervise.py")]
-    for name, argv in commands.items():
-        if tracked_pid(stack, name) is None:
-            # Restarted if it exits (e.g. the scheduler after a database outage), like
-            # compose's `restart: unless-stopped`; stop signals wrapper and child together.
-            spawn(stack, name, [*supervise, "--name", name, "--", *argv], env=env)
-    wait_for(
-        "airflow api-server", lambda: bool(airflow_health(stack)), 120, stack, "airflow-api-server"
-    )
-
-    def components_healthy() -> bool:
-        health = airflow_health(stack)
-        wanted = ("metadatabase", "scheduler", "dag_processor", "triggerer")
-        return all((health.get(k) or {}).get("status") == "healthy" for k in wanted)
-
-    wait_for(
-        "airflow scheduler/dag-processor/triggerer",
-        components_healthy,
-        120,
-        stack,
-        "airflow-scheduler",
-    )
-    wait_for("celery worker", lambda: worker_ready(stack), 120, stack, "airflow-worker")
 
 
 def import_pools(stack: Stack, env: dict[str, str], airflow: str) -> None:
@@ -502,25 +634,19 @@ def import_pools(stack: Stack, env: dict[str, str], airflow: str) -> None:
                        stdout=log, stderr=subprocess.STDOUT, cwd=stack.state)  # fmt: skip
 
 
-def worker_ready(stack: Stack) -> bool:
-    return b" ready." in stack.logfile("airflow-worker").read_bytes()
-
-
-STARTERS = {
-    "postgres": start_postgres,
-    "redis": start_redis,
-    "statsd-receiver": start_statsd_receiver,
-    "process-exporter": start_process_exporter,
-    "pushgateway": start_pushgateway,
-    "prometheus": start_prometheus,
-}
+# Seconds each component may take to answer after supervisord started it.
+START_TIMEOUT = {"postgres": 60, "prometheus": 60, "airflow-api-server": 120,
+                 "airflow-scheduler": 120, "airflow-dag-processor": 120,
+                 "airflow-triggerer": 120, "airflow-worker": 120}  # fmt: skip
 
 
 # --- commands -----------------------------------------------------------------------
 
 
 def cmd_start(stack: Stack) -> int:
-    for tool in ("prometheus", "prometheus-pushgateway", "redis-server"):
+    tools = ("supervisord", "prometheus", "prometheus-pushgateway", "redis-server",
+             "prometheus-process-exporter", "prometheus-postgres-exporter", "prometheus-redis-exporter")  # fmt: skip
+    for tool in tools:
         if shutil.which(tool) is None:
             print(f"[stack] {tool} missing: run scripts/bootstrap.sh system", file=sys.stderr)
             return 2
@@ -530,7 +656,7 @@ def cmd_start(stack: Stack) -> int:
             file=sys.stderr,
         )
         return 2
-    for sub in ("", "pids", "logs"):
+    for sub in ("", "logs"):
         stack.path(sub).mkdir(mode=0o711, parents=True, exist_ok=True)
     # Postgres, Redis and Prometheus run as their own users: they must reach their dirs.
     closed = [p for p in (stack.state, *stack.state.parents) if not p.stat().st_mode & 0o001]
@@ -540,13 +666,27 @@ def cmd_start(stack: Stack) -> int:
         return 2
     sec = load_secrets(stack)
     try:
-        for name, starter in STARTERS.items():
-            if tracked_pid(stack, name) is None:
-                starter(stack, sec)
-                print(f"[stack] {name} started (pid {tracked_pid(stack, name)})")
+        prepare_files(stack, sec)
+        start_supervisord(stack, programs(stack, sec))
+        checks = readiness(stack, sec)
+        states = program_states(stack)
+        airflow_prepared = False
+        for name in COMPONENTS:
+            state = states[name][0]
+            if name.startswith("airflow-") and not airflow_prepared:
+                if states["airflow-api-server"][0] != "RUNNING":
+                    before_airflow(stack, sec)
+                airflow_prepared = True
+            if state in ("RUNNING", "STARTING", "BACKOFF"):
+                verb = "already running"
             else:
-                print(f"[stack] {name} already running (pid {tracked_pid(stack, name)})")
-        start_airflow(stack, sec)
+                supervisorctl(stack, "start", name)
+                verb = "started"
+            check = checks[name][1]
+            if name == "postgres":
+                check = lambda: postgres_ready(stack, sec)  # noqa: E731
+            wait_for(name, check, START_TIMEOUT.get(name, 30), stack, name)
+            print(f"[stack] {name} {verb} (pid {running_pid(stack, name)})")
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"[stack] start failed: {exc}", file=sys.stderr)
         return 1
@@ -555,42 +695,27 @@ def cmd_start(stack: Stack) -> int:
 
 
 def cmd_stop(stack: Stack) -> int:
+    if not supervisor_running(stack):
+        return 0
+    states = program_states(stack)
     for name in reversed(COMPONENTS):
-        if stop_component(stack, name):
+        if states[name][0] not in ("STOPPED", "EXITED", "FATAL"):
+            supervisorctl(stack, "stop", name)
             print(f"[stack] {name} stopped")
+    stop_supervisord(stack)
     return 0
 
 
 def component_status(stack: Stack) -> list[dict]:
-    p = stack.ports
-    health = airflow_health(stack) if tracked_pid(stack, "airflow-api-server") else {}
-
-    def airflow_part(key: str) -> bool:
-        return (health.get(key) or {}).get("status") == "healthy"
-
-    endpoints = {
-        "postgres": (f"127.0.0.1:{p['postgres']}", lambda: tcp_open(p["postgres"])),
-        "redis": (f"127.0.0.1:{p['redis']}", lambda: tcp_open(p["redis"])),
-        "statsd-receiver": (f"udp 127.0.0.1:{p['statsd_udp']}, http://127.0.0.1:{p['statsd_web']}/metrics",
-                            lambda: http_ok(f"http://127.0.0.1:{p['statsd_web']}/-/healthy")),
-        "process-exporter": (f"http://127.0.0.1:{p['process_exporter']}/metrics",
-                             lambda: http_ok(f"http://127.0.0.1:{p['process_exporter']}/metrics")),
-        "pushgateway": (f"http://127.0.0.1:{p['pushgateway']}",
-                        lambda: http_ok(f"http://127.0.0.1:{p['pushgateway']}/-/ready")),
-        "prometheus": (f"http://127.0.0.1:{p['prometheus']}",
-                       lambda: http_ok(f"http://127.0.0.1:{p['prometheus']}/-/ready")),
-        "airflow-api-server": (f"http://127.0.0.1:{p['api']}", lambda: bool(health)),
-        "airflow-scheduler": ("", lambda: airflow_part("scheduler")),
-        "airflow-dag-processor": ("", lambda: airflow_part("dag_processor")),
-        "airflow-triggerer": ("", lambda: airflow_part("triggerer")),
-        "airflow-worker": ("", lambda: worker_ready(stack)),
-    }  # fmt: skip
+    states = program_states(stack)
+    checks = readiness(stack, {})
     rows = []
     for name in COMPONENTS:
-        pid = tracked_pid(stack, name)
-        address, check = endpoints[name]
-        rows.append({"name": name, "pid": pid, "running": pid is not None,
-                     "healthy": pid is not None and check(), "address": address})  # fmt: skip
+        state, pid = states[name]
+        address, check = checks[name]
+        running = state == "RUNNING"
+        rows.append({"name": name, "pid": pid, "running": running, "state": state,
+                     "healthy": running and check(), "address": address})  # fmt: skip
     return rows
 
 
@@ -616,17 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "restart":
         if not args.component:
             parser.error("restart needs a component")
-        stop_component(stack, args.component)
+        if supervisor_running(stack):
+            supervisorctl(stack, "stop", args.component)
         return cmd_start(stack)
-    if not stack.path("pids").exists():
-        rows = [
-            {"name": n, "pid": None, "running": False, "healthy": False, "address": ""}
-            for n in COMPONENTS
-        ]
-    elif args.json:
-        rows = component_status(stack)
-    else:
-        rows = print_status(stack)
+    rows = component_status(stack) if args.json else print_status(stack)
     if args.json:
         print(json.dumps({"state_dir": str(stack.state), "ports": stack.ports, "components": rows}))
     # LSB convention: 0 when everything runs, 3 when something is stopped.

@@ -11,7 +11,9 @@ series a dashboard queries are the same in both stacks.
     python stack/statsd_receiver.py --mapping observability/statsd/mapping.yml \
         --statsd-address 127.0.0.1:18725 --web-address 127.0.0.1:18702
 
-Standard library + PyYAML only (both present in the Airflow environment).
+The parser and the mapping are ours (the exporter's own code is Go); the
+exposition and the HTTP server are prometheus_client's (present in the Airflow
+environment, like PyYAML).
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import argparse
 import logging
 import math
 import re
-import signal
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("statsd_receiver")
 
@@ -186,33 +189,42 @@ class Registry:
                 per_name = self.histograms.setdefault(series.name, {})
                 per_name.setdefault(labels, Histogram(buckets)).observe(value)
 
-    def exposition(self) -> str:
-        """Prometheus text format 0.0.4."""
-        out: list[str] = []
+    def collect(self) -> Iterator[Metric]:
+        """Every series received so far, for prometheus_client (a custom collector)."""
         with self.lock:
             for name in sorted(self.types):
                 kind = self.types[name]
-                out.append(f"# TYPE {name} {kind}")
                 if kind == "histogram":
+                    family = Metric(name, name, "histogram")
                     for labels, hist in sorted(self.histograms.get(name, {}).items()):
-                        for bound, count in zip(hist.buckets, hist.counts, strict=True):
-                            le = (("le", _fmt(bound)),)
-                            out.append(f"{name}_bucket{_labels(labels + le)} {count}")
-                        out.append(
-                            f"{name}_bucket{_labels((*labels, ('le', '+Inf')))} {hist.count}"
-                        )
-                        out.append(f"{name}_sum{_labels(labels)} {_fmt(hist.total)}")
-                        out.append(f"{name}_count{_labels(labels)} {hist.count}")
+                        base = dict(labels)
+                        bounds = [*map(_fmt, hist.buckets), "+Inf"]
+                        for le, count in zip(bounds, [*hist.counts, hist.count], strict=True):
+                            family.add_sample(f"{name}_bucket", {**base, "le": le}, count)
+                        family.add_sample(f"{name}_sum", base, hist.total)
+                        family.add_sample(f"{name}_count", base, hist.count)
                 else:
+                    if kind == "counter" and name.endswith("_total"):
+                        family = Metric(name.removesuffix("_total"), name, "counter")
+                    else:
+                        # prometheus_client would append _total to a counter's name;
+                        # the exporter keeps the mapped name, so it stays untyped here.
+                        family = Metric(name, name, "gauge" if kind == "gauge" else "unknown")
                     for labels, value in sorted(self.values.get(name, {}).items()):
-                        out.append(f"{name}{_labels(labels)} {_fmt(value)}")
-            out.append("# TYPE statsd_receiver_lines_total counter")
-            out.append(f"statsd_receiver_lines_total {self.lines_received}")
-            out.append("# TYPE statsd_receiver_lines_invalid_total counter")
-            out.append(f"statsd_receiver_lines_invalid_total {self.lines_invalid}")
-            out.append("# TYPE statsd_receiver_type_conflicts_total counter")
-            out.append(f"statsd_receiver_type_conflicts_total {self.type_conflicts}")
-        return "\n".join(out) + "\n"
+                        family.add_sample(name, dict(labels), value)
+                yield family
+            for stat, value in (("lines", self.lines_received),
+                                ("lines_invalid", self.lines_invalid),
+                                ("type_conflicts", self.type_conflicts)):  # fmt: skip
+                family = Metric(f"statsd_receiver_{stat}", f"StatsD {stat} seen", "counter")
+                family.add_sample(f"statsd_receiver_{stat}_total", {}, value)
+                yield family
+
+    def exposition(self) -> str:
+        """Prometheus text format, as the HTTP endpoint serves it."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry).decode()
 
 
 def _parse_line(line: str):
@@ -246,16 +258,6 @@ def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
 
 
-def _labels(labels) -> str:
-    if not labels:
-        return ""
-    body = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(10), "").replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in labels
-    )
-    return "{" + body + "}"
-
-
 def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -263,38 +265,16 @@ def _split_address(address: str) -> tuple[str, int]:
 
 def serve(mapping: Path, statsd_address: str, web_address: str) -> None:
     registry = Registry(Mapper.from_file(mapping))
-
+    prometheus = CollectorRegistry(auto_describe=False)
+    prometheus.register(registry)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(_split_address(statsd_address))
-
-    def receive() -> None:
-        while True:
-            data, _ = udp.recvfrom(65535)
-            registry.ingest_packet(data.decode("utf-8", "replace"))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] == "/metrics":
-                body, ctype = registry.exposition().encode(), "text/plain; version=0.0.4"
-            elif self.path == "/-/healthy":
-                body, ctype = b"OK\n", "text/plain"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:  # scrapes every few seconds: keep logs quiet
-            pass
-
-    http = ThreadingHTTPServer(_split_address(web_address), Handler)
-    threading.Thread(target=receive, daemon=True, name="statsd-udp").start()
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=http.shutdown).start())
+    host, port = _split_address(web_address)
+    start_http_server(port, addr=host, registry=prometheus)
     log.info("statsd on udp://%s, metrics on http://%s/metrics", statsd_address, web_address)
-    http.serve_forever()
+    while True:
+        data, _ = udp.recvfrom(65535)
+        registry.ingest_packet(data.decode("utf-8", "replace"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import plan, profiles, provenance, runner
+from . import inputs, plan, profiles, provenance, runner
 
 LOG = logging.getLogger(__name__)
 # Light commands (ls, validate, merge, report, provenance) in a container or pod.
@@ -33,8 +33,11 @@ def ls_jobs(specs: list[str]) -> list[dict[str, Any]]:
     datasets bucket (IRSA), so Airflow asks the runner what lies under a prefix."""
     if isinstance(specs, str):
         specs = [specs]
+    # Confined before anything is listed, and normalised as expand_datasets will ask.
     prefixes = [
-        s.strip() for s in specs or [] if str(s).startswith("s3://") and not s.endswith(".h5ad")
+        inputs.confine(s, "datasets")
+        for s in specs or []
+        if str(s).startswith("s3://") and not s.endswith(".h5ad")
     ]
     return [
         {

@@ -61,10 +61,14 @@ def load_profile(model: str, overrides: dict[str, Any] | None = None) -> dict[st
         only :data:`OVERRIDABLE` fields, nested dicts merged key by key.
     :raises ProfileError: unknown model, unknown override, invalid value.
     """
+    known = available_models()
+    # A name, never a path: only a profile that exists in the folder (no '../x').
+    if not isinstance(model, str) or model not in known:
+        raise ProfileError(
+            f"unknown model {model!r}: no profile of that name in {profiles_dir()} "
+            f"(known: {', '.join(known) or 'none'})"
+        )
     path = profiles_dir() / f"{model}.yaml"
-    if not path.is_file():
-        known = ", ".join(available_models()) or "none"
-        raise ProfileError(f"unknown model '{model}': no profile {path} (known: {known})")
     profile = yaml.safe_load(path.read_text()) or {}
     overrides = overrides or {}
     unknown = sorted(set(overrides) - OVERRIDABLE)

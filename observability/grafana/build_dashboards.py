@@ -8,7 +8,8 @@ is what people edit. Every query names a metric that exists in some stack:
   airflow_*               Airflow StatsD via observability/statsd/mapping.yml
   helical_runner_*        the runner, through the Pushgateway
   container_*             cAdvisor (compose) or the kubelet (EKS)
-  helical_process_*       the native stack's process exporter (no containers there)
+  namedprocess_namegroup_* the native stack's prometheus-process-exporter (no containers there)
+  pg_*, redis_*           prometheus-postgres-exporter / prometheus-redis-exporter
 Panels that count failures fall back to `0 * <the matching success series>`, so
 a healthy system shows 0 instead of "No data", yet a misspelt metric still
 shows nothing (tests/stack checks that every query returns data).
@@ -219,7 +220,19 @@ def platform_health() -> dict:
         panel("stat", "DAG import errors", [target("max(airflow_dag_processing_import_errors)")],
               desc="DAG files that fail to import (a broken deploy or git-sync)."),
         panel("stat", "Scrape targets up", [target("sum by (job) (up)", "{{job}}")],
-              desc="Prometheus targets answering (statsd exporter, pushgateway, cAdvisor...)."),
+              desc="Prometheus targets answering (statsd exporter, pushgateway, cAdvisor, Postgres/Redis exporters...). Alert HelicalExporterDown."),
+        panel("timeseries", "Metadata DB connections", [
+              target("sum by (instance) (pg_stat_database_numbackends)", "in use {{instance}}"),
+              target("max by (instance) (pg_settings_max_connections)", "max_connections {{instance}}")],
+              desc="Postgres backends vs its limit. Alert PostgresConnectionsNearLimit at 80%. On AWS: RDS DatabaseConnections in CloudWatch."),
+        panel("stat", "Metadata DB up", [target("max by (instance) (pg_up)", "{{instance}}")],
+              desc="1 when the exporter reaches Postgres. Alert PostgresDown."),
+        panel("timeseries", "Broker queue depth", [
+              target("sum by (key) (redis_key_size{key=\"default\"})", "queue {{key}}")],
+              desc="Celery messages no worker has taken yet (a Redis list per queue). Alert BrokerQueueDeep."),
+        panel("timeseries", "Broker memory", [
+              target("max by (instance) (redis_memory_used_bytes)", "used {{instance}}")],
+              unit="bytes", desc="Redis memory; alert BrokerMemoryNearLimit when maxmemory is set. On AWS: ElastiCache in CloudWatch."),
     ]  # fmt: skip
     concurrency = {"name": "worker_concurrency", "label": "Worker concurrency", "type": "constant",
                    "query": "2", "hide": 2, "current": {"text": "2", "value": "2"}}  # fmt: skip
@@ -233,13 +246,13 @@ def platform_health() -> dict:
 def resources() -> dict:
     cpu = ("sum by (name) (rate(container_cpu_usage_seconds_total{name!=\"\"}[$__rate_interval]))"
            " or sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{pod!=\"\",container!=\"\",container!=\"POD\"}[$__rate_interval]))"
-           " or sum by (name) (rate(helical_process_cpu_seconds_total[$__rate_interval]))")  # fmt: skip
+           " or sum by (name) (label_replace(rate(namedprocess_namegroup_cpu_seconds_total[$__rate_interval]), \"name\", \"$1\", \"groupname\", \"(.*)\"))")  # fmt: skip
     mem = ("sum by (name) (container_memory_working_set_bytes{name!=\"\"})"
            " or sum by (namespace, pod) (container_memory_working_set_bytes{pod!=\"\",container!=\"\",container!=\"POD\"})"
-           " or sum by (name) (helical_process_resident_memory_bytes)")  # fmt: skip
+           " or sum by (name) (label_replace(namedprocess_namegroup_memory_bytes{memtype=\"resident\"}, \"name\", \"$1\", \"groupname\", \"(.*)\"))")  # fmt: skip
     panels = [
         panel("timeseries", "CPU per container / pod (cores)", [target(cpu, "{{name}}{{pod}}")],
-              desc="cAdvisor in compose and EKS; the process exporter on the native stack."),
+              desc="cAdvisor in compose and EKS; prometheus-process-exporter on the native stack (one group per component, and 'runner' for runner jobs)."),
         panel("timeseries", "Memory per container / pod", [target(mem, "{{name}}{{pod}}")], unit="bytes",
               desc="Working set (containers) or resident memory (native processes)."),
         panel("timeseries", "Runner job CPU (average cores)", [target(

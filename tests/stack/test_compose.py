@@ -89,7 +89,7 @@ def test_the_required_services_are_there(config):
     assert {
         "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
         "airflow-worker", "postgres", "redis", "statsd-exporter", "prometheus", "pushgateway",
-        "grafana", "cadvisor", "helical-runner",
+        "grafana", "cadvisor", "helical-runner", "postgres-exporter", "redis-exporter",
     } <= services  # fmt: skip
 
 

@@ -1,19 +1,22 @@
-"""The native stack: start twice, status, stop twice, nothing left behind (checked by PID)."""
+"""The native stack under supervisord: start twice, status, stop twice, nothing left behind (by PID)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
+import re
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
+import stackctl
 
 from conftest import NativeStack, live, poll
 
 COMPONENTS = {
-    "postgres", "redis", "statsd-receiver", "process-exporter", "pushgateway", "prometheus",
+    "postgres", "redis", "statsd-receiver", "process-exporter", "postgres-exporter", "redis-exporter",
+    "pushgateway", "prometheus",
     "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
 }  # fmt: skip
 
@@ -40,14 +43,32 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses with a TCP socket listening on `port` (from /proc/net/tcp)."""
-    found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        address, hex_port = local.split(":")
-        if state == "0A" and int(hex_port, 16) == port:
-            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(proc))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def listening_sockets(pids: set[int], kind: str = "-t") -> list[tuple[str, str]]:
+    """(local address, process) of every listening socket (`ss -l -t|-u`) owned by one of `pids`."""
+    argv = ["ss", "-H", "-lnp", kind]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if owners & pids:
+            found.append((line.split()[3], line.split()[-1]))
     return found
 
 
@@ -67,17 +88,42 @@ def test_status_exit_code_is_zero_when_all_run(stack):
     assert stack.run("status", check=False).returncode == 0
 
 
-def test_everything_listens_on_loopback_only(stack):
-    for name in (
-        "postgres",
-        "redis",
-        "api",
-        "prometheus",
-        "pushgateway",
-        "statsd_web",
-        "process_exporter",
-    ):
-        assert listening_addresses(stack.ports[name]) == {"127.0.0.1"}, name
+def test_every_listening_socket_of_the_stack_is_on_loopback(stack):
+    supervisord = int((stack.state / "supervisord.pid").read_text())
+    sockets = listening_sockets(descendants(supervisord) | {supervisord})
+    ports = {int(address.rsplit(":", 1)[1]) for address, _ in sockets}
+    # Every server of the stack is in the list (the check sees them all) ...
+    for name in ("postgres", "redis", "api", "prometheus", "pushgateway", "statsd_web",
+                 "process_exporter", "postgres_exporter", "redis_exporter"):  # fmt: skip
+        assert stack.ports[name] in ports, f"{name} not listening: {sockets}"
+    # The StatsD receiver's UDP socket too (StatsD clients' own sending sockets are
+    # unbound senders, not servers: only the receiver's port is checked).
+    udp = listening_sockets(descendants(supervisord), "-u")
+    assert [a for a, _ in udp if a.endswith(f":{stack.ports['statsd_udp']}")] == [
+        f"127.0.0.1:{stack.ports['statsd_udp']}"
+    ]
+    # ... and none listens beyond 127.0.0.1 (the worker's and triggerer's log
+    # servers would bind every interface: they are not started).
+    assert [s for s in sockets if not s[0].startswith("127.0.0.1:")] == []
+    assert stack.ports["worker_logs"] not in ports and stack.ports["triggerer_logs"] not in ports
+
+
+def test_state_files_with_secrets_are_private(stack):
+    for path in ("secrets.json", "supervisord.conf", "airflow/passwords.json", "redis/redis.conf"):
+        assert (stack.state / path).stat().st_mode & 0o077 == 0, path
+    for folder in ("airflow", "postgres", "redis", "prometheus"):
+        assert (stack.state / folder).stat().st_mode & 0o077 == 0, folder
+
+
+def test_no_secret_in_any_command_line(stack):
+    values = list(json.loads((stack.state / "secrets.json").read_text()).values())
+    supervisord = int((stack.state / "supervisord.pid").read_text())
+    for pid in descendants(supervisord) | {supervisord}:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        assert not any(v in cmdline for v in values), f"a secret in the argv of pid {pid}"
 
 
 def test_secrets_are_private_and_not_in_logs(stack):
@@ -100,6 +146,7 @@ def test_airflow_metrics_reach_prometheus_through_the_receiver(stack):
         targets = json.load(resp)["data"]["activeTargets"]
     assert {t["labels"]["job"]: t["health"] for t in targets} == {
         "prometheus": "up", "airflow": "up", "pushgateway": "up", "processes": "up",
+        "postgres": "up", "redis": "up",
     }  # fmt: skip
 
 
@@ -113,6 +160,26 @@ def test_restart_one_component_keeps_the_others(stack):
     }
 
 
+def test_postgres_passwords_go_to_psql_on_stdin_never_in_argv(stack, monkeypatch):
+    """`restart postgres` in-process, recording every command stackctl runs."""
+    calls = []
+    real_run = subprocess.run
+
+    def recording_run(argv, *args, **kwargs):
+        calls.append(([str(a) for a in argv], kwargs.get("input") or ""))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    assert stackctl.main(["restart", "postgres"]) == 0
+    passwords = [v for k, v in json.loads((stack.state / "secrets.json").read_text()).items()]
+    psql = [(argv, stdin) for argv, stdin in calls if argv[0].endswith("/psql")]
+    assert any("CREATE ROLE monitor" in stdin for _, stdin in psql), "role SQL went through stdin"
+    leaked = [argv[0] for argv, _ in calls if any(p in " ".join(argv) for p in passwords)]
+    assert leaked == []
+
+
 def test_stop_is_idempotent_and_leaves_no_process(stack):
     pids = stack.pids()
     groups = {name: group_members(pid) for name, pid in pids.items()}
@@ -123,5 +190,5 @@ def test_stop_is_idempotent_and_leaves_no_process(stack):
     leftovers = {name: [p for p in members if live(p)] for name, members in groups.items()}
     assert {k: v for k, v in leftovers.items() if v} == {}
     assert all(group_members(pid) == [] for pid in pids.values())
-    assert list((stack.state / "pids").glob("*.pid")) == []
+    assert not (stack.state / "supervisord.pid").exists(), "supervisord is gone too"
     assert stack.run("status", check=False).returncode == 3

@@ -85,8 +85,8 @@ def test_timers_are_histograms_in_seconds_with_mapping_buckets(mapper):
     )
     text = registry.exposition()
     assert "# TYPE airflow_dagrun_duration_seconds histogram" in text
-    assert 'airflow_dagrun_duration_seconds_bucket{dag_id="d1",state="success",le="1"} 1' in text
-    assert 'airflow_dagrun_duration_seconds_bucket{dag_id="d1",state="success",le="60"} 2' in text
+    assert 'airflow_dagrun_duration_seconds_bucket{dag_id="d1",le="1",state="success"} 1' in text
+    assert 'airflow_dagrun_duration_seconds_bucket{dag_id="d1",le="60",state="success"} 2' in text
     assert 'airflow_dagrun_duration_seconds_count{dag_id="d1",state="success"} 2' in text
     assert 'airflow_dagrun_duration_seconds_sum{dag_id="d1",state="success"} 45.7' in text
 

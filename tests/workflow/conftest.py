@@ -14,6 +14,10 @@ import pytest
 # In-process Airflow (DagBag, operators) must never touch the user's ~/airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="helical-wf-airflow-home-")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# The DAG reads datasets and writes outputs only under allowed roots
+# (helical_workflow.inputs): here pytest's temp folders and the made-up buckets.
+os.environ.setdefault("HELICAL_DATASET_ROOTS", f"{tempfile.gettempdir()},s3://lake/,s3://datasets/")
+os.environ.setdefault("HELICAL_OUTPUT_ROOTS", f"{tempfile.gettempdir()},s3://out/,s3://outputs/")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
 
