@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import shutil
 import socket
@@ -283,7 +282,7 @@ def held_out_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     mask = np.zeros(len(labels), dtype=bool)
     for name in np.unique(labels[labels != ""]):
         rows = np.flatnonzero(labels == name)
-        n = max(1, int(round(len(rows) * fraction)))
+        n = max(1, round(len(rows) * fraction))
         mask[rng.choice(rows, size=min(n, len(rows) - 1), replace=False)] = True
     return mask
 

@@ -118,7 +118,7 @@ def build(classifiers: list[str], predictions: list[str], out_dir: Path) -> Path
             for p in labelled
         ],
     }
-    (out_dir / "annotation.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (out_dir / "annotation.json").write_text(json.dumps(summary, indent=2))
     page = out_dir / PAGE
     page.write_text(_html(summary, figures))
     return page
