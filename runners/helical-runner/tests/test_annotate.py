@@ -58,6 +58,24 @@ def scgpt(data, bundle):
     return made
 
 
+def test_a_reference_of_counts_is_embedded_first(data, bundle, scgpt, capsys):
+    out = data["root"] / "classifiers-from-counts" / "scgpt.npz"
+    code, _, err = run_captured(
+        capsys, "annotate", "train", "--reference", data["reference"], "--label-key",
+        "cell_type", "--model", "scgpt", "--output", out, "--model-store", bundle,
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = _manifest(out)
+    embedded = out.with_name("scgpt.npz.reference-embeddings.h5ad")
+    assert manifest["reference"]["uri"] == str(data["reference"])
+    assert manifest["reference"]["features_uri"] == str(embedded)
+    # the same weights and data as the explicit embed: the same embeddings, the same classifier
+    np.testing.assert_array_equal(
+        ad.read_h5ad(embedded).obsm["X_scgpt"], ad.read_h5ad(scgpt["reference"]).obsm["X_scgpt"]
+    )
+    assert manifest["scores"] == _manifest(scgpt["classifier"])["scores"]
+
+
 def _manifest(path) -> dict:
     return json.loads(path.with_name(path.name + ".manifest.json").read_text())
 
@@ -143,7 +161,7 @@ def test_scgpt_classifier_and_report_beside_the_baseline(data, pca, scgpt, capsy
     assert "scgpt_label" in ad.read_h5ad(out).obs
     report = data["root"] / "report"
     code, out_text, _ = run_captured(
-        capsys, "annotate", "report", "--classifiers", scgpt["classifier"], pca,
+        capsys, "annotate", "report", "--classifiers", scgpt["classifier"], pca.parent,
         "--predictions", out, "--output", report,
     )  # fmt: skip
     assert code == 0

@@ -4,8 +4,10 @@
 (scikit-learn's ``SGDClassifier``, log loss) in streamed mini-batches on
 either
 
-* the embeddings of a reference (an ``embed`` output: ``obsm["X_<model>"]``
-  plus the dataset's ``obs``, labels included), or
+* the embeddings of a reference: an ``embed`` output (``obsm["X_<model>"]``
+  plus the dataset's ``obs``, labels included), or the reference dataset
+  itself, which ``train`` then embeds first with ``embed`` (beside the
+  classifier, reused by later trainings), or
 * for the baseline model ``pca``: the reference's raw counts, log-normalised
   and projected by an incremental PCA fitted on the training cells,
 
@@ -243,8 +245,42 @@ class TrainRequest:
     epochs: int = 5
     seed: int = 0
     held_out_fraction: float = HELD_OUT_FRACTION
+    model_store: str | None = None
+    device: str = "auto"
     pushgateway: str | None = None
     run_labels: dict[str, str] = field(default_factory=dict)
+
+
+def _needs_embedding(path: Path, model: str) -> bool:
+    """True for a dataset of counts; False for an ``embed`` output (of this model or another)."""
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        embedded = [k for k in fh.get("obsm", {}) if k.startswith("X_")]
+        has_counts = any(w in fh for w in ("X", "layers/counts", "raw/X"))
+    return output.embedding_key(model) not in embedded and (has_counts or not embedded)
+
+
+def _embed_reference(req: TrainRequest, out: storage.Location) -> str:
+    """Embed a reference given as counts, beside the classifier (resumable and idempotent:
+    ``embed``'s own run key makes a second training reuse it)."""
+    from .embed import EmbedRequest, embed
+
+    target = out.with_suffix(".reference-embeddings.h5ad")
+    LOG.info("embedding the reference first", extra={"model": req.model, "output": target.uri})
+    embed(
+        EmbedRequest(
+            input=req.reference,
+            model=req.model,
+            output=target.uri,
+            device=req.device,
+            model_store=req.model_store,
+            pushgateway=req.pushgateway,
+            run_labels=dict(req.run_labels),
+            progress=False,
+        )
+    )
+    return target.uri
 
 
 def reference_labels(h5: H5AD, label_key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -315,12 +351,17 @@ def train(req: TrainRequest) -> dict:
         raise BadInput("--epochs must be >= 1 and --held-out between 0 and 1")
     local = storage.LocalInput(req.reference).path()
     reference_sha = storage.sha256_file(local)
-    with H5AD(local, uri=req.reference) as h5:
+    features_uri = req.reference
+    if req.model != BASELINE and _needs_embedding(local, req.model):
+        features_uri = _embed_reference(req, out)
+    embedding = _embedding_manifest_summary(features_uri, req.model)
+    with H5AD(storage.LocalInput(features_uri).path(), uri=features_uri) as h5:
         features = open_features(h5, req.model)
         labels, classes, small = reference_labels(h5, req.label_key)
         key = run_key(
             kind=KIND,
             reference_sha256=reference_sha,
+            embedding=embedding,
             label_key=req.label_key,
             model=req.model,
             epochs=req.epochs,
@@ -405,7 +446,8 @@ def train(req: TrainRequest) -> dict:
                 "labelled_cells": int((labels != "").sum()),
                 "classes": classes.tolist(),
                 "classes_left_out": small,
-                "embedding_manifest": _embedding_manifest_summary(req.reference, req.model),
+                "features_uri": features_uri,
+                "embedding_manifest": embedding,
             },
             "split": {
                 "held_out_fraction": req.held_out_fraction,

@@ -32,12 +32,17 @@ def add_parser(sub, *, run_label) -> None:
     m.add_argument(
         "--reference",
         required=True,
-        help="an 'embed' output of the labelled reference (its obs carries the labels), "
-        "or for --model pca the reference .h5ad of counts; path or s3:// URI",
+        help="the labelled reference .h5ad of counts (embedded first for a model), or its "
+        "'embed' output (obs carries the labels); path or s3:// URI",
     )
     m.add_argument("--label-key", required=True, help="obs column with the cell labels")
     m.add_argument("--model", required=True, help="geneformer, scgpt, uce (embeddings) or pca")
     m.add_argument("--output", required=True, help="classifier .npz (manifest written beside it)")
+    m.add_argument(
+        "--model-store",
+        help="model store, to embed a reference given as counts (env HELICAL_RUNNER_MODEL_STORE)",
+    )
+    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     m.add_argument("--epochs", type=int, default=5, help="passes over the training cells")
     m.add_argument("--held-out", type=float, default=0.2, help="stratified share held out")
     m.add_argument("--seed", type=int, default=0)
@@ -61,7 +66,9 @@ def add_parser(sub, *, run_label) -> None:
     common(m)
 
     m = modes.add_parser("report", help="HTML report comparing classifiers (and the pca baseline)")
-    m.add_argument("--classifiers", required=True, nargs="+", help="classifier .npz URIs")
+    m.add_argument(
+        "--classifiers", required=True, nargs="+", help="classifier .npz files, or folders of them"
+    )
     m.add_argument("--predictions", nargs="*", default=[], help="predict outputs to summarise")
     m.add_argument("--output", required=True, help="report folder: local path or s3:// prefix")
 
@@ -87,6 +94,8 @@ def run(args) -> int:
                     epochs=args.epochs,
                     seed=args.seed,
                     held_out_fraction=args.held_out,
+                    model_store=args.model_store,
+                    device=args.device,
                     pushgateway=args.pushgateway,
                     run_labels=dict(args.run_label),
                 )

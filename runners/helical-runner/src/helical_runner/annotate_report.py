@@ -124,8 +124,23 @@ def build(classifiers: list[str], predictions: list[str], out_dir: Path) -> Path
     return page
 
 
+def expand_classifiers(uris: list[str]) -> list[str]:
+    """Classifier files as given, folders/prefixes as the ``.npz`` files directly in them."""
+    found: list[str] = []
+    for uri in uris:
+        if uri.endswith(".npz"):
+            found.append(uri)
+            continue
+        loc = storage.parse(uri)
+        found += [loc.child(n).uri for n in storage.list_names(loc) if n.endswith(".npz")]
+    if not found:
+        raise BadInput(f"no classifier (.npz) in {uris}")
+    return list(dict.fromkeys(found))
+
+
 def write_report(classifiers: list[str], predictions: list[str], output: str) -> str:
     """Build the report into a folder or ``s3://`` prefix; the page is written last."""
+    classifiers = expand_classifiers(classifiers)
     out = storage.parse(output)
     if not out.is_s3:
         return str(build(classifiers, predictions, out.path))
