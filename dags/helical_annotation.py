@@ -7,15 +7,17 @@ transfer them to query datasets, with held-out scores beside a PCA baseline.
 **Runs** when the `helical_embeddings` asset gets new embeddings (the
 events' `extra` name the dataset, model and output), or by hand.
 
-**Params**: `reference` (the labelled `.h5ad`; default env
-`HELICAL_ANNOTATION_REFERENCE`: with none the run is skipped), `label_key`,
-`embeddings` (by hand: `[{"dataset", "model", "output"}]` records; an
-asset-triggered run takes them from the events), `queries` (default: every
-embedded dataset but the reference), `models` (default: all the reference
-has embeddings of), `baseline` (also the `pca` baseline on counts),
-`min_confidence` (below it a cell is `unknown`), `output_root`.
+**Params**: `reference` (the labelled `.h5ad` of counts; default: the Airflow
+Variable `helical_annotation_reference`, else env `HELICAL_ANNOTATION_REFERENCE`;
+with none the run is skipped), `label_key`, `embeddings` (by hand:
+`[{"dataset", "model", "output"}]` records of the queries' embeddings; an
+asset-triggered run takes them from its events), `queries` (default: every
+embedded dataset but the reference), `models` (default: every model the
+queries have embeddings of), `baseline` (also the `pca` baseline on
+counts), `min_confidence` (below it a cell is `unknown`), `output_root`.
 
-**Steps**: plan -> train one classifier per (reference, model) -> predict
+**Steps**: plan -> train one classifier per (reference, model; kept under
+`<output_root>/classifiers/`, so later runs reuse it) -> predict
 each query x model (mapped) -> report (macro-F1, per-class
 precision/recall, confusion matrices, every model beside the baseline) ->
 provenance. Each step is one `helical-runner annotate ...` on the
@@ -33,7 +35,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task  # noqa: E402 (after the sys.path fix)
+from airflow.sdk import Asset, Param, Variable, dag, get_current_context, task  # noqa: E402 (after the sys.path fix)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: E402 (after the sys.path fix)
 
 from helical_workflow import annotation, plan, profiles, provenance  # noqa: E402 (after the sys.path fix)
@@ -42,6 +44,7 @@ from helical_workflow.backend import run_runner  # noqa: E402 (after the sys.pat
 EMBEDDINGS = Asset(name=annotation.EMBEDDINGS_ASSET[0], uri=annotation.EMBEDDINGS_ASSET[1])
 ANNOTATIONS = Asset(name=annotation.ANNOTATIONS_ASSET[0], uri=annotation.ANNOTATIONS_ASSET[1])
 OUTPUT_ROOT = os.environ.get("HELICAL_OUTPUT_ROOT") or str(profiles.REPO_ROOT / "runs")
+REFERENCE_VARIABLE = "helical_annotation_reference"
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("HELICAL_RETRY_DELAY_S", "30")))
 
 
@@ -53,6 +56,9 @@ def _labels(ti) -> dict[str, str]:
     dag_id="helical_annotation",
     schedule=[EMBEDDINGS],
     catchup=False,
+    # one run at a time: later runs find the classifiers earlier ones trained,
+    # and each report shows every classifier of the reference
+    max_active_runs=1,
     doc_md=__doc__,
     tags=["helical", "annotation"],
     params={
@@ -78,18 +84,21 @@ def helical_annotation():
     @task
     def plan_run(params=None, run_id=None, triggering_asset_events=None) -> dict:
         """Classifiers to train and queries to label, from the params or the asset events."""
-        if not params["reference"]:
+        reference = params["reference"] or Variable.get(REFERENCE_VARIABLE, default="")
+        if not reference:
             raise AirflowSkipException(
-                "no reference dataset: set the 'reference' param or HELICAL_ANNOTATION_REFERENCE"
+                f"no reference dataset: set the 'reference' param, the Airflow Variable "
+                f"{REFERENCE_VARIABLE} or HELICAL_ANNOTATION_REFERENCE"
             )
         extras = [e.extra for events in (triggering_asset_events or {}).values() for e in events]
         try:
             return annotation.plan_annotation(
-                reference=params["reference"],
+                reference=reference,
                 embeddings=params["embeddings"] or annotation.embeddings_from_events(extras),
                 queries=params["queries"],
                 models=params["models"],
                 baseline=params["baseline"],
+                output_root=params["output_root"],
                 run_root=plan.join(params["output_root"], plan.safe_run_id(run_id)),
             )
         except annotation.AnnotationError as exc:
@@ -103,10 +112,16 @@ def helical_annotation():
     def train(job: dict, params=None) -> dict:
         """`helical-runner annotate train`: classifier + held-out scores (idempotent)."""
         ctx = get_current_context()
+        # a model's classifier embeds the reference first: it gets that model's profile
+        profile = (
+            None if job["model"] == annotation.BASELINE else profiles.load_profile(job["model"])
+        )
         run_runner(
             annotation.train_args(job, label_key=params["label_key"], labels=_labels(ctx["ti"])),
             what=f"train {job['model']} classifier",
             context=ctx,
+            profile=profile,
+            timeout_s=profile["timeout_minutes"] * 60 if profile else None,
             local_paths=[job["reference"]],
             output_root=job["output"].rsplit("/", 3)[0],
         )
@@ -146,7 +161,8 @@ def helical_annotation():
             raise AirflowFailException("no classifier was trained; see the train tasks")
         run_runner(
             annotation.report_args(
-                classifiers=[t["output"] for t in trained],
+                # the folder: every classifier of this reference, earlier runs' included
+                classifiers=[planned["classifiers"]],
                 predictions=[p["output"] for p in (predicted or []) if p],
                 output_dir=planned["report_dir"],
             ),

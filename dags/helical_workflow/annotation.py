@@ -1,10 +1,13 @@
 """Cell-type annotation runs: which classifiers to train, which queries to label, and the
 ``helical-runner annotate`` command lines that do it.
 
-Layout under ``<output_root>/<run>/annotation/``::
+Layout::
 
-    classifiers/<model>.npz        one per (reference, model), + .manifest.json (sha256, scores)
-    <query>/<model>.h5ad           obs['<model>_label'] + confidence, + .manifest.json
+    <output_root>/classifiers/<reference>-<hash>/<model>.npz
+        one per (reference, model), shared by runs, + .manifest.json (sha256, scores)
+        (+ <model>.npz.reference-embeddings.h5ad: the reference embedded by train)
+    <output_root>/<run>/annotation/
+        <query>/<model>.h5ad           obs['<model>_label'] + confidence, + .manifest.json
     report/annotation.html         every model beside the pca baseline
     provenance.json                the run's record
 """
@@ -40,6 +43,17 @@ def embeddings_from_events(extras: list[dict[str, Any]]) -> list[dict[str, str]]
     return list(found.values())
 
 
+def classifier_root(output_root: str, reference: str) -> str:
+    """Where a reference's classifiers live, shared by every run: trained once per
+    (reference, model), found done by later runs (the runner's run key)."""
+    import hashlib
+
+    name = inputs.dataset_names([reference])[reference]
+    return plan.join(
+        output_root, "classifiers", f"{name}-{hashlib.sha256(reference.encode()).hexdigest()[:8]}"
+    )
+
+
 def plan_annotation(
     *,
     reference: str,
@@ -47,40 +61,33 @@ def plan_annotation(
     queries: list[str] | None,
     models: list[str] | None,
     baseline: bool,
+    output_root: str,
     run_root: str,
 ) -> dict[str, Any]:
     """Train jobs (one per model), predict jobs (one per query x model) and the report job.
 
-    :param reference: the labelled reference dataset (``.h5ad`` of counts).
-    :param embeddings: ``{"dataset", "model", "output"}`` records of embedding outputs.
+    :param reference: the labelled reference dataset (``.h5ad`` of counts); ``train``
+        embeds it itself, once per model, so it needs no embedding run of its own.
+    :param embeddings: ``{"dataset", "model", "output"}`` records of the queries' embeddings.
     :param queries: datasets to label; default every embedded dataset but the reference.
-    :param models: models to train; default every model the reference has embeddings of.
+    :param models: models to train; default every model the queries have embeddings of.
     :param baseline: also train and apply the ``pca`` baseline (on counts).
-    :param run_root: this run's output folder or ``s3://`` prefix.
+    :param output_root: the outputs folder or ``s3://`` prefix (classifiers live under it).
+    :param run_root: this run's output folder or prefix.
     """
     if not reference:
         raise AnnotationError("no reference dataset given: set the 'reference' parameter")
-    ref_embeddings = {e["model"]: e["output"] for e in embeddings if e["dataset"] == reference}
-    wanted = list(dict.fromkeys(models)) if models else sorted(ref_embeddings)
-    lacking = [m for m in wanted if m != BASELINE and m not in ref_embeddings]
-    if lacking:
-        raise AnnotationError(
-            f"the reference {reference} has no embeddings of {lacking}: embed it with those "
-            "models first (helical_embedding) or pass them in 'embeddings'"
-        )
-    wanted = [m for m in wanted if m != BASELINE] + ([BASELINE] if baseline else [])
-    if not wanted:
-        raise AnnotationError(f"nothing to train: no embeddings of the reference {reference}")
     if queries is None:
         queries = list(dict.fromkeys(e["dataset"] for e in embeddings if e["dataset"] != reference))
+    wanted = list(dict.fromkeys(models or sorted({e["model"] for e in embeddings})))
+    wanted = [m for m in wanted if m != BASELINE] + ([BASELINE] if baseline else [])
+    if not wanted:
+        raise AnnotationError("nothing to train: no models given and no embeddings named")
     names = inputs.dataset_names(queries)
     root = plan.join(run_root, "annotation")
+    classifiers = classifier_root(output_root, reference)
     trains = [
-        {
-            "model": m,
-            "reference": reference if m == BASELINE else ref_embeddings[m],
-            "output": plan.join(root, "classifiers", f"{m}.npz"),
-        }
+        {"model": m, "reference": reference, "output": plan.join(classifiers, f"{m}.npz")}
         for m in wanted
     ]
     classifier = {t["model"]: t["output"] for t in trains}
@@ -104,6 +111,7 @@ def plan_annotation(
             )
     return {
         "reference": reference,
+        "classifiers": classifiers,
         "trains": trains,
         "predicts": predicts,
         "skipped": skipped,
@@ -162,7 +170,7 @@ def build_record(
                 "status": "trained" if t["output"] in done_train else "missing",
             }
             for t in planned.get("trains", [])
-        ],  # fmt: skip
+        ],
         "predictions": [
             {
                 **p,
@@ -170,7 +178,7 @@ def build_record(
                 "status": "labelled" if p["output"] in done_predict else "missing",
             }
             for p in planned.get("predicts", [])
-        ],  # fmt: skip
+        ],
         "skipped": planned.get("skipped", []),
         "report": report,
     }
