@@ -147,6 +147,24 @@ def workflow_overview() -> dict:
 M = '{model=~"$model"}'
 
 
+def annotation_row() -> list[dict]:
+    """One row for the annotation job (helical-runner annotate; docs/annotation.md).
+    Empty until an annotation has run: these series exist only once one pushed."""
+    return [
+        panel("bargauge", "Annotation: held-out macro-F1", [target(
+              f"max by (model) (helical_runner_annotate_macro_f1{M})", "{{model}}")], unit="percentunit", w=6,
+              desc="Macro-F1 of each model's classifier on its reference's held-out cells; pca is the baseline."),
+        panel("timeseries", "Annotation: training time", [target(
+              f"max by (model) (helical_runner_annotate_train_seconds{M})", "{{model}}")], unit="s", w=6,
+              desc="annotate train, the reference's embedding (when train made it) included."),
+        panel("timeseries", "Annotation: cells labelled per second", [target(
+              f"avg by (model) (helical_runner_annotate_cells_per_second{M})", "{{model}}")], unit="cells/s", w=6),
+        panel("timeseries", "Annotation: cells left unknown", [target(
+              f"max by (model, dataset) (helical_runner_annotate_unknown_fraction{M})", "{{model}} {{dataset}}")],
+              unit="percentunit", w=6, desc="Share of a query's cells below the confidence threshold."),
+    ]  # fmt: skip
+
+
 def runner_performance() -> dict:
     panels = [
         panel("timeseries", "Throughput by model and device", [target(
@@ -177,10 +195,11 @@ def runner_performance() -> dict:
               f"sum by (model, reason) (helical_runner_failures_total{M})",
               f"sum by (model) (helical_runner_cells_processed_total{M})"), fmt="table")],
               desc="Runner exits by reason (bad_input, transient, oom, ...)."),
+        *annotation_row(),
     ]  # fmt: skip
     variables = [
-        var_query("model", "Model", "label_values(helical_runner_cells_per_second, model)")
-    ]
+        var_query("model", "Model", 'label_values({__name__=~"helical_runner_cells_per_second|helical_runner_annotate_macro_f1"}, model)')
+    ]  # fmt: skip
     return dashboard("helical-runner-performance", "Helical / Runner performance",
                      "Throughput, latency and memory of Helical model runs.", panels, variables)  # fmt: skip
 

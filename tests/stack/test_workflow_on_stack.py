@@ -207,6 +207,10 @@ def test_every_dashboard_panel_query_returns_data(workflow):
         range_s = int(time.time() - started) + 120
         missing = []
         for uid, title, expr in all_exprs():
+            if "helical_runner_annotate_" in expr:
+                # this stack runs no annotation job: runners/helical-runner/tests/
+                # test_annotate_metrics.py checks those queries against a real Prometheus
+                continue
             result = workflow.stack.prom_query(
                 grafana_vars(expr, range_s), start=started - 60, end=time.time()
             )

@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, logs
+from . import __version__, annotate_cli, logs
 from .errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_TRANSIENT, BadInput, RunnerError, Transient
 
 LOG = logging.getLogger("helical_runner")
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counts-in", choices=["X", "layers", "raw"], default="X")
     p.add_argument("--label-key", default="cell_type")
     p.add_argument("--seed", type=int, default=0)
+
+    annotate_cli.add_parser(sub, run_label=_run_label)
 
     p = sub.add_parser("profiles", help="show resource profiles")
     p.add_argument("model", nargs="?")
@@ -396,6 +398,7 @@ COMMANDS = {
     "models": cmd_models,
     "demo-data": cmd_demo_data,
     "profiles": cmd_profiles,
+    "annotate": annotate_cli.run,
 }
 
 

@@ -155,3 +155,19 @@ def labels_for(
     for key in LABELS:
         labels.setdefault(key, run_labels.get(key, ""))
     return labels
+
+
+def push_gauges(
+    pushgateway: str | None, labels: dict[str, str], gauges: dict[str, tuple[str, float]]
+) -> None:
+    """Push a few gauges (name -> (help, value)) for one job's labels; best effort, like :meth:`RunMetrics.push`."""
+    url = pushgateway or os.environ.get(PUSHGATEWAY_ENV)
+    if not url:
+        return
+    from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+
+    registry = CollectorRegistry()
+    names = list(labels)
+    for name, (doc, value) in gauges.items():
+        Gauge(name, doc, names, registry=registry).labels(*labels.values()).set(value)
+    _send(pushadd_to_gateway, url, registry, labels)
