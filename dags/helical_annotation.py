@@ -56,9 +56,6 @@ def _labels(ti) -> dict[str, str]:
     dag_id="helical_annotation",
     schedule=[EMBEDDINGS],
     catchup=False,
-    # one run at a time: later runs find the classifiers earlier ones trained,
-    # and each report shows every classifier of the reference
-    max_active_runs=1,
     doc_md=__doc__,
     tags=["helical", "annotation"],
     params={

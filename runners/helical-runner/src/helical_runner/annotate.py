@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import shutil
 import socket
@@ -625,6 +626,62 @@ def _query_features(h5: H5AD, clf: Classifier, manifest: dict):
     return features
 
 
+def write_predictions(
+    path: Path, *, source: H5AD, columns: dict, key: str, blocks, dim: int, provenance: dict
+) -> None:
+    """The query's ``obs`` (copied inside HDF5, never loaded) plus the new columns, and the
+    probabilities streamed into ``obsm[key]``: memory does not grow with the query.
+
+    :param columns: name -> ``(codes, categories)`` for a categorical, or an array.
+    """
+    import anndata as ad
+    import h5py
+
+    skeleton = ad.AnnData()
+    skeleton.uns["helical_runner"] = json.dumps(provenance, sort_keys=True, default=str)
+    skeleton.write_h5ad(path)
+    n = source.n_cells
+    with h5py.File(path, "r+") as fh:
+        del fh["obs"]
+        source.file.copy(source.file["obs"], fh, name="obs")
+        obs = fh["obs"]
+        order = [
+            v.decode() if isinstance(v, bytes) else str(v)
+            for v in obs.attrs.get("column-order", [])
+        ]
+        for name, values in columns.items():
+            if name in obs:
+                del obs[name]  # labelling an already labelled file: the new labels win
+            if isinstance(values, tuple):
+                group = obs.create_group(name)
+                group.attrs.update(
+                    {"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": False}
+                )
+                codes = group.create_dataset("codes", data=values[0])
+                codes.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+                cats = group.create_dataset(
+                    "categories", data=np.array(values[1], dtype=object), dtype=h5py.string_dtype()
+                )
+                cats.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+            else:
+                data = obs.create_dataset(name, data=values)
+                data.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        obs.attrs["column-order"] = np.array(
+            [c for c in order if c not in columns] + list(columns), dtype=object
+        )
+        obsm = fh.require_group("obsm")
+        dset = obsm.create_dataset(
+            key, shape=(n, dim), dtype="float32", chunks=(max(1, min(n, 4096)), dim) if n else None
+        )
+        dset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        row = 0
+        for block in blocks:
+            dset[row : row + len(block)] = block
+            row += len(block)
+        if row != n:
+            raise RuntimeError(f"wrote {row} probability rows for {n} cells")
+
+
 def predict(req: PredictRequest) -> dict:
     """Label (or resume labelling, or find labelled) one query; returns the manifest."""
     started_at = datetime.now(UTC)
@@ -674,20 +731,18 @@ def predict(req: PredictRequest) -> dict:
                 parts.save(lo, hi, clf.proba(features.rows(lo, hi)))
             predict_s = time.perf_counter() - t
             cells_this_run = sum(hi - lo for lo, hi in todo)
-            best = np.empty(h5.n_cells, dtype=np.int64)
+            names = [*clf.classes.tolist(), UNKNOWN]
+            codes = np.empty(h5.n_cells, dtype=np.int16)
             confidence = np.empty(h5.n_cells, dtype=np.float32)
             for lo, hi in chunks:
                 proba = parts.load(lo, hi)
-                best[lo:hi] = proba.argmax(axis=1)
+                codes[lo:hi] = proba.argmax(axis=1)
                 confidence[lo:hi] = proba.max(axis=1)
-            names = [*clf.classes.tolist(), UNKNOWN]
-            best[confidence < req.min_confidence] = len(clf.classes)
-            obs = h5.obs()
-            obs.index = obs.index.astype(str)
+            codes[confidence < req.min_confidence] = len(clf.classes)
             label_col, conf_col = f"{model}_label", f"{model}_label_confidence"
-            obs[label_col] = pd.Categorical.from_codes(best, categories=names)
-            obs[conf_col] = confidence
-            counts = obs[label_col].value_counts()
+            counts = dict(
+                zip(names, np.bincount(codes, minlength=len(names)).tolist(), strict=True)
+            )
             manifest = {
                 "kind": "helical_annotation_predictions",
                 "run_key": key,
@@ -709,8 +764,8 @@ def predict(req: PredictRequest) -> dict:
                     "probabilities": f"obsm['{model}_label_probabilities']",
                 },
                 "min_confidence": req.min_confidence,
-                "label_counts": {str(k): int(v) for k, v in counts.items()},
-                "unknown_cells": int(counts.get(UNKNOWN, 0)),
+                "label_counts": counts,
+                "unknown_cells": counts[UNKNOWN],
                 "chunks": len(chunks),
                 "resumed_chunks": len(chunks) - len(todo),
                 "cells_per_second": round(cells_this_run / predict_s, 1) if predict_s else None,
@@ -722,12 +777,13 @@ def predict(req: PredictRequest) -> dict:
             }
 
             def write(path: Path) -> None:
-                output.write_embeddings(
+                write_predictions(
                     path,
-                    obs=obs,
+                    source=h5,
+                    columns={label_col: (codes, names), conf_col: confidence},
                     key=f"{model}_label_probabilities",
-                    dim=len(clf.classes),
                     blocks=(parts.load(lo, hi) for lo, hi in chunks),
+                    dim=len(clf.classes),
                     provenance=manifest,
                 )
 
