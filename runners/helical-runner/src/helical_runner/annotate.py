@@ -285,22 +285,34 @@ def _embed_reference(req: TrainRequest, out: storage.Location) -> str:
 
 
 def reference_labels(h5: H5AD, label_key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(label per cell, '' where unusable), the classes, and the classes left out as too small."""
-    obs = h5.obs()
-    if label_key not in obs.columns:
-        shown = ", ".join(map(str, obs.columns[:10])) or "none"
+    """Per cell the index of its class (-1 where unlabelled or in a class too small to
+    learn), the classes (sorted), and the classes left out. Reads only the label column:
+    4 bytes a cell, whatever else obs holds."""
+    from anndata.io import read_elem
+
+    obs = h5.file["obs"]
+    index_key = obs.attrs.get("_index", "_index")
+    if label_key not in obs or label_key == (
+        index_key.decode() if isinstance(index_key, bytes) else index_key
+    ):
+        order = [
+            v.decode() if isinstance(v, bytes) else str(v)
+            for v in obs.attrs.get("column-order", [])
+        ]
         raise BadInput(
-            f"the reference has no label column '{label_key}' in obs (columns: {shown})",
+            f"the reference has no label column '{label_key}' in obs "
+            f"(columns: {', '.join(order[:10]) or 'none'})",
             where=h5.uri,
         )
-    column = obs[label_key]
-    labels = column.astype(str).to_numpy(dtype=object)
-    labels[column.isna().to_numpy() | (labels == "")] = ""
-    names, counts = np.unique(labels[labels != ""], return_counts=True)
-    small = sorted(str(n) for n, c in zip(names, counts, strict=True) if c < MIN_CELLS_PER_CLASS)
-    if small:
-        labels[np.isin(labels, small)] = ""
-    classes = np.array(sorted(set(labels) - {""}), dtype=str)
+    column = pd.Categorical(read_elem(obs[label_key]))
+    names = column.categories.astype(str).to_numpy()
+    codes = column.codes.astype(np.int32)
+    counts = np.bincount(codes[codes >= 0], minlength=len(names))
+    usable = (counts >= MIN_CELLS_PER_CLASS) & (names != "")
+    small = sorted(
+        str(n) for n, c in zip(names, counts, strict=True) if 0 < c < MIN_CELLS_PER_CLASS
+    )
+    classes = np.array(sorted(names[usable]), dtype=str)
     if len(classes) < 2:
         found = f"only '{classes[0]}'" if len(classes) else "no labelled cells"
         raise BadInput(
@@ -310,15 +322,18 @@ def reference_labels(h5: H5AD, label_key: str) -> tuple[np.ndarray, np.ndarray, 
         )
     if UNKNOWN in classes:
         raise BadInput(f"'{UNKNOWN}' is reserved for low-confidence cells; rename that label")
-    return labels, classes, small
+    # category index -> class index (or -1), applied to every cell
+    remap = np.full(len(names) + 1, -1, dtype=np.int32)
+    remap[:-1][usable] = np.searchsorted(classes, names[usable])
+    return remap[codes], classes, small
 
 
 def held_out_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Stratified: each class keeps ``fraction`` of its cells (at least one) for evaluation."""
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
-    for name in np.unique(labels[labels != ""]):
-        rows = np.flatnonzero(labels == name)
+    for code in np.unique(labels[labels >= 0]):
+        rows = np.flatnonzero(labels == code)
         n = max(1, round(len(rows) * fraction))
         mask[rng.choice(rows, size=min(n, len(rows) - 1), replace=False)] = True
     return mask
@@ -374,7 +389,7 @@ def train(req: TrainRequest) -> dict:
             LOG.info("classifier already trained for this reference; nothing to do")
             return previous
         held = held_out_mask(labels, req.held_out_fraction, req.seed)
-        train_rows = (labels != "") & ~held
+        train_rows = (labels >= 0) & ~held
         LOG.info(
             "training",
             extra={
@@ -413,7 +428,7 @@ def train(req: TrainRequest) -> dict:
                         continue
                     pick = rng.permutation(pick)
                     x = (source.rows(lo, hi)[pick] - clf.scale_mean) / clf.scale_std
-                    sgd.partial_fit(x, labels[lo:hi][pick].astype(str), classes=classes)
+                    sgd.partial_fit(x, labels[lo:hi][pick], classes=np.arange(len(classes)))
             clf.coef = sgd.coef_.astype(np.float32)
             clf.intercept = sgd.intercept_.astype(np.float32)
             scores = _evaluate(clf, features, chunks, labels, held)
@@ -444,7 +459,7 @@ def train(req: TrainRequest) -> dict:
                 "sha256": reference_sha,
                 "cells": h5.n_cells,
                 "label_key": req.label_key,
-                "labelled_cells": int((labels != "").sum()),
+                "labelled_cells": int((labels >= 0).sum()),
                 "classes": classes.tolist(),
                 "classes_left_out": small,
                 "features_uri": features_uri,
@@ -524,11 +539,12 @@ def _evaluate(clf: Classifier, features, chunks, labels, held) -> dict:
         pick = np.flatnonzero(held[lo:hi])
         if len(pick):
             proba = clf.proba(features.rows(lo, hi)[pick])
-            truth.append(labels[lo:hi][pick].astype(str))
-            guess.append(clf.classes[proba.argmax(axis=1)])
+            truth.append(labels[lo:hi][pick])
+            guess.append(proba.argmax(axis=1))
     y, p = np.concatenate(truth), np.concatenate(guess)
     names = clf.classes.tolist()
-    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=names, zero_division=0)
+    index = list(range(len(names)))
+    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=index, zero_division=0)
     return {
         "held_out_cells": len(y),
         "accuracy": round(float(np.mean(y == p)), 4),
@@ -544,7 +560,7 @@ def _evaluate(clf: Classifier, features, chunks, labels, held) -> dict:
         },
         "confusion": {
             "labels": names,
-            "matrix": confusion_matrix(y, p, labels=names).tolist(),
+            "matrix": confusion_matrix(y, p, labels=index).tolist(),
             "rows": "true label",
             "columns": "predicted label",
         },
