@@ -24,6 +24,13 @@ def _runs(airflow) -> list:
     return airflow.api(af.DagRunApi).get_dag_runs(DAG, limit=100).dag_runs
 
 
+def _queued_events(airflow) -> list:
+    try:
+        return airflow.api(af.AssetApi).get_dag_asset_queued_events(DAG).queued_events
+    except af.exceptions.NotFoundException:  # none queued
+        return []
+
+
 def _wait(airflow, run_id: str) -> str:
     api = airflow.api(af.DagRunApi)
     deadline = time.monotonic() + TIMEOUT
@@ -51,17 +58,15 @@ def annotated(airflow, workdir, runner_env):
         before = {r.dag_run_id for r in _runs(airflow)}
         embedding_run = airflow.trigger({"datasets": [str(query)], "models": MODELS})
         assert airflow.wait(embedding_run, TIMEOUT) == "success"
-        # The merges' asset events start annotation runs; done when every model has
-        # labelled the query and no annotation run is queued or running.
+        # The merges' asset events start annotation runs; done when no event waits
+        # for a run and every run has ended.
         deadline = time.monotonic() + TIMEOUT
         while True:
             runs = [r for r in _runs(airflow) if r.dag_run_id not in before]
-            labelled = {p.stem for p in root.glob("*/annotation/query/*.h5ad")}
-            settled = runs and all(str(r.state.value) in ("success", "failed") for r in runs)
-            if settled and (labelled >= {*MODELS, "pca"} or any(
-                    str(r.state.value) == "failed" for r in runs)):  # fmt: skip
+            ended = runs and all(str(r.state.value) in ("success", "failed") for r in runs)
+            if ended and not _queued_events(airflow):
                 break
-            assert time.monotonic() < deadline, f"annotation not done: {runs} {labelled}"
+            assert time.monotonic() < deadline, f"annotation runs not done: {runs}"
             time.sleep(2)
     finally:
         variables.delete_variable(VARIABLE)
@@ -90,6 +95,14 @@ def _run_folder(annotated, run_id: str) -> Path:
         if json.loads(path.read_text())["run_id"] == run_id:
             return path.parent
     raise AssertionError(f"no annotation provenance.json for {run_id}")
+
+
+def test_the_last_asset_run_labelled_the_query_with_every_model(annotated):
+    last = max(annotated["asset_runs"], key=lambda r: r.start_date)
+    folder = _run_folder(annotated, last.dag_run_id)
+    assert sorted(p.stem for p in (folder / "query").glob("*.h5ad")) == sorted([*MODELS, "pca"])
+    summary = json.loads((folder / "report" / "annotation.json").read_text())
+    assert list(summary["models"]) == [*MODELS, "pca"]
 
 
 def test_classifiers_are_trained_once_per_reference_and_model(annotated):
