@@ -56,9 +56,6 @@ def _labels(ti) -> dict[str, str]:
     dag_id="helical_annotation",
     schedule=[EMBEDDINGS],
     catchup=False,
-    # one run at a time: later runs find the classifiers earlier ones trained,
-    # and each report shows every classifier of the reference
-    max_active_runs=1,
     doc_md=__doc__,
     tags=["helical", "annotation"],
     params={
@@ -81,8 +78,8 @@ def _labels(ti) -> dict[str, str]:
     render_template_as_native_obj=True,
 )
 def helical_annotation():
-    @task
-    def plan_run(params=None, run_id=None, triggering_asset_events=None) -> dict:
+    @task(inlets=[EMBEDDINGS])
+    def plan_run(params=None, run_id=None, triggering_asset_events=None, inlet_events=None) -> dict:
         """Classifiers to train and queries to label, from the params or the asset events."""
         reference = params["reference"] or Variable.get(REFERENCE_VARIABLE, default="")
         if not reference:
@@ -90,7 +87,13 @@ def helical_annotation():
                 f"no reference dataset: set the 'reference' param, the Airflow Variable "
                 f"{REFERENCE_VARIABLE} or HELICAL_ANNOTATION_REFERENCE"
             )
-        extras = [e.extra for events in (triggering_asset_events or {}).values() for e in events]
+        triggering = [e for events in (triggering_asset_events or {}).values() for e in events]
+        recent = (
+            inlet_events[EMBEDDINGS].ascending(False).limit(annotation.RECENT_EVENTS)
+            if triggering
+            else []
+        )
+        extras = annotation.events_of_source_runs(triggering, list(recent))
         try:
             return annotation.plan_annotation(
                 reference=reference,

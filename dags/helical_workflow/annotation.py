@@ -28,6 +28,29 @@ class AnnotationError(ValueError):
     """The run's parameters cannot make an annotation plan."""
 
 
+# How far back a run looks for its embedding runs' other events (most recent first).
+RECENT_EVENTS = 1000
+
+
+def events_of_source_runs(triggering: list[Any], recent: list[Any]) -> list[dict[str, Any]]:
+    """The ``extra`` of every recent event that comes from an embedding run which
+    triggered this run, triggering events included.
+
+    Airflow 3.3.2 can drop an event that lands while the run it belongs with is being
+    created (it starts no run and is linked to none); those events are still in the
+    asset's history, so a run labels all of its embedding runs' outputs so far.
+
+    :param triggering: this run's triggering asset events (``source_dag_id``,
+        ``source_run_id``, ``extra``).
+    :param recent: the asset's recent events (its inlet events), any order.
+    """
+    runs = {(e.source_dag_id, e.source_run_id) for e in triggering}
+    # the same event may come twice (triggering and recent): embeddings_from_events dedups
+    return [e.extra for e in triggering] + [
+        e.extra for e in recent if (e.source_dag_id, e.source_run_id) in runs
+    ]
+
+
 def embeddings_from_events(extras: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Embedding outputs named by ``helical_embeddings`` asset events (their ``extra``).
 

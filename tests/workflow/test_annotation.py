@@ -112,7 +112,6 @@ def test_provenance_record_says_what_is_missing():
 def test_dag_is_scheduled_on_new_embeddings_and_has_the_promised_shape():
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["helical_annotation"]
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["helical_embeddings"]
-    assert dag.max_active_runs == 1
     assert dag.get_task("train").upstream_task_ids == {"trains"}
     assert {"train", "predicts"} <= dag.get_task("predict").upstream_task_ids
     assert [a.name for a in dag.get_task("predict").outlets] == ["helical_annotations"]
@@ -125,4 +124,27 @@ def test_dag_is_scheduled_on_new_embeddings_and_has_the_promised_shape():
         "queries",
         "models",
         "baseline",
+    }
+
+
+def test_a_run_sees_every_event_of_its_embedding_runs():
+    from types import SimpleNamespace as Event
+
+    def event(run, model):
+        extra = {
+            "dataset": "/q.h5ad",
+            "model": model,
+            "output": f"/runs/{run}/q/embeddings/{model}.h5ad",
+        }
+        return Event(source_dag_id="helical_embedding", source_run_id=run, extra=extra)
+
+    trigger = event("r2", "scgpt")
+    dropped = event("r2", "uce")  # emitted while Airflow created the run: linked to none
+    recent = [dropped, trigger, event("r1", "geneformer"), event("r2", "geneformer")]
+    extras = annotation.events_of_source_runs([trigger], recent)
+    assert [e["model"] for e in extras] == ["scgpt", "uce", "scgpt", "geneformer"]
+    assert {e["output"] for e in annotation.embeddings_from_events(extras)} == {
+        "/runs/r2/q/embeddings/scgpt.h5ad",
+        "/runs/r2/q/embeddings/uce.h5ad",
+        "/runs/r2/q/embeddings/geneformer.h5ad",
     }

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,8 @@ def query(url: str, expr: str) -> list:
 def test_annotation_metrics_answer_every_dashboard_query(tmp_path, pushgateway, prometheus):  # noqa: F811
     reference = write_demo_dataset(tmp_path / "reference.h5ad", n_cells=300, seed=3)
     query_set = write_demo_dataset(tmp_path / "query.h5ad", n_cells=100, seed=3)
-    labels = ["--pushgateway", pushgateway, "--run-label", "run_id=annotate-metrics"]
+    run_id = f"annotate-metrics-{uuid.uuid4().hex[:8]}"  # this test's series only
+    labels = ["--pushgateway", pushgateway, "--run-label", f"run_id={run_id}"]
     classifier = tmp_path / "pca.npz"
     assert run("annotate", "train", "--reference", reference, "--label-key", "cell_type",
                "--model", "pca", "--output", classifier, *labels) == 0  # fmt: skip
@@ -82,9 +84,9 @@ def test_annotation_metrics_answer_every_dashboard_query(tmp_path, pushgateway, 
                "--output", tmp_path / "labelled.h5ad", *labels) == 0  # fmt: skip
     exprs = annotation_exprs()
     wait_until(lambda: all(query(prometheus, e) for e in exprs), 60, "every annotation panel query")
-    f1 = query(prometheus, 'helical_runner_annotate_macro_f1{run_id="annotate-metrics"}')
+    f1 = query(prometheus, f'helical_runner_annotate_macro_f1{{run_id="{run_id}"}}')
     manifest = json.loads((tmp_path / "pca.npz.manifest.json").read_text())
     assert [r["metric"]["model"] for r in f1] == ["pca"]
     assert float(f1[0]["value"][1]) == pytest.approx(manifest["scores"]["macro_f1"])
-    speed = query(prometheus, "helical_runner_annotate_cells_per_second")
+    speed = query(prometheus, f'helical_runner_annotate_cells_per_second{{run_id="{run_id}"}}')
     assert float(speed[0]["value"][1]) > 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import shutil
 import socket
@@ -284,22 +285,34 @@ def _embed_reference(req: TrainRequest, out: storage.Location) -> str:
 
 
 def reference_labels(h5: H5AD, label_key: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(label per cell, '' where unusable), the classes, and the classes left out as too small."""
-    obs = h5.obs()
-    if label_key not in obs.columns:
-        shown = ", ".join(map(str, obs.columns[:10])) or "none"
+    """Per cell the index of its class (-1 where unlabelled or in a class too small to
+    learn), the classes (sorted), and the classes left out. Reads only the label column:
+    4 bytes a cell, whatever else obs holds."""
+    from anndata.io import read_elem
+
+    obs = h5.file["obs"]
+    index_key = obs.attrs.get("_index", "_index")
+    if label_key not in obs or label_key == (
+        index_key.decode() if isinstance(index_key, bytes) else index_key
+    ):
+        order = [
+            v.decode() if isinstance(v, bytes) else str(v)
+            for v in obs.attrs.get("column-order", [])
+        ]
         raise BadInput(
-            f"the reference has no label column '{label_key}' in obs (columns: {shown})",
+            f"the reference has no label column '{label_key}' in obs "
+            f"(columns: {', '.join(order[:10]) or 'none'})",
             where=h5.uri,
         )
-    column = obs[label_key]
-    labels = column.astype(str).to_numpy(dtype=object)
-    labels[column.isna().to_numpy() | (labels == "")] = ""
-    names, counts = np.unique(labels[labels != ""], return_counts=True)
-    small = sorted(str(n) for n, c in zip(names, counts, strict=True) if c < MIN_CELLS_PER_CLASS)
-    if small:
-        labels[np.isin(labels, small)] = ""
-    classes = np.array(sorted(set(labels) - {""}), dtype=str)
+    column = pd.Categorical(read_elem(obs[label_key]))
+    names = column.categories.astype(str).to_numpy()
+    codes = column.codes.astype(np.int32)
+    counts = np.bincount(codes[codes >= 0], minlength=len(names))
+    usable = (counts >= MIN_CELLS_PER_CLASS) & (names != "")
+    small = sorted(
+        str(n) for n, c in zip(names, counts, strict=True) if 0 < c < MIN_CELLS_PER_CLASS
+    )
+    classes = np.array(sorted(names[usable]), dtype=str)
     if len(classes) < 2:
         found = f"only '{classes[0]}'" if len(classes) else "no labelled cells"
         raise BadInput(
@@ -309,15 +322,18 @@ def reference_labels(h5: H5AD, label_key: str) -> tuple[np.ndarray, np.ndarray, 
         )
     if UNKNOWN in classes:
         raise BadInput(f"'{UNKNOWN}' is reserved for low-confidence cells; rename that label")
-    return labels, classes, small
+    # category index -> class index (or -1), applied to every cell
+    remap = np.full(len(names) + 1, -1, dtype=np.int32)
+    remap[:-1][usable] = np.searchsorted(classes, names[usable])
+    return remap[codes], classes, small
 
 
 def held_out_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Stratified: each class keeps ``fraction`` of its cells (at least one) for evaluation."""
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
-    for name in np.unique(labels[labels != ""]):
-        rows = np.flatnonzero(labels == name)
+    for code in np.unique(labels[labels >= 0]):
+        rows = np.flatnonzero(labels == code)
         n = max(1, round(len(rows) * fraction))
         mask[rng.choice(rows, size=min(n, len(rows) - 1), replace=False)] = True
     return mask
@@ -373,7 +389,7 @@ def train(req: TrainRequest) -> dict:
             LOG.info("classifier already trained for this reference; nothing to do")
             return previous
         held = held_out_mask(labels, req.held_out_fraction, req.seed)
-        train_rows = (labels != "") & ~held
+        train_rows = (labels >= 0) & ~held
         LOG.info(
             "training",
             extra={
@@ -412,7 +428,7 @@ def train(req: TrainRequest) -> dict:
                         continue
                     pick = rng.permutation(pick)
                     x = (source.rows(lo, hi)[pick] - clf.scale_mean) / clf.scale_std
-                    sgd.partial_fit(x, labels[lo:hi][pick].astype(str), classes=classes)
+                    sgd.partial_fit(x, labels[lo:hi][pick], classes=np.arange(len(classes)))
             clf.coef = sgd.coef_.astype(np.float32)
             clf.intercept = sgd.intercept_.astype(np.float32)
             scores = _evaluate(clf, features, chunks, labels, held)
@@ -443,7 +459,7 @@ def train(req: TrainRequest) -> dict:
                 "sha256": reference_sha,
                 "cells": h5.n_cells,
                 "label_key": req.label_key,
-                "labelled_cells": int((labels != "").sum()),
+                "labelled_cells": int((labels >= 0).sum()),
                 "classes": classes.tolist(),
                 "classes_left_out": small,
                 "features_uri": features_uri,
@@ -523,11 +539,12 @@ def _evaluate(clf: Classifier, features, chunks, labels, held) -> dict:
         pick = np.flatnonzero(held[lo:hi])
         if len(pick):
             proba = clf.proba(features.rows(lo, hi)[pick])
-            truth.append(labels[lo:hi][pick].astype(str))
-            guess.append(clf.classes[proba.argmax(axis=1)])
+            truth.append(labels[lo:hi][pick])
+            guess.append(proba.argmax(axis=1))
     y, p = np.concatenate(truth), np.concatenate(guess)
     names = clf.classes.tolist()
-    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=names, zero_division=0)
+    index = list(range(len(names)))
+    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=index, zero_division=0)
     return {
         "held_out_cells": len(y),
         "accuracy": round(float(np.mean(y == p)), 4),
@@ -543,7 +560,7 @@ def _evaluate(clf: Classifier, features, chunks, labels, held) -> dict:
         },
         "confusion": {
             "labels": names,
-            "matrix": confusion_matrix(y, p, labels=names).tolist(),
+            "matrix": confusion_matrix(y, p, labels=index).tolist(),
             "rows": "true label",
             "columns": "predicted label",
         },
@@ -625,6 +642,62 @@ def _query_features(h5: H5AD, clf: Classifier, manifest: dict):
     return features
 
 
+def write_predictions(
+    path: Path, *, source: H5AD, columns: dict, key: str, blocks, dim: int, provenance: dict
+) -> None:
+    """The query's ``obs`` (copied inside HDF5, never loaded) plus the new columns, and the
+    probabilities streamed into ``obsm[key]``: memory does not grow with the query.
+
+    :param columns: name -> ``(codes, categories)`` for a categorical, or an array.
+    """
+    import anndata as ad
+    import h5py
+
+    skeleton = ad.AnnData()
+    skeleton.uns["helical_runner"] = json.dumps(provenance, sort_keys=True, default=str)
+    skeleton.write_h5ad(path)
+    n = source.n_cells
+    with h5py.File(path, "r+") as fh:
+        del fh["obs"]
+        source.file.copy(source.file["obs"], fh, name="obs")
+        obs = fh["obs"]
+        order = [
+            v.decode() if isinstance(v, bytes) else str(v)
+            for v in obs.attrs.get("column-order", [])
+        ]
+        for name, values in columns.items():
+            if name in obs:
+                del obs[name]  # labelling an already labelled file: the new labels win
+            if isinstance(values, tuple):
+                group = obs.create_group(name)
+                group.attrs.update(
+                    {"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": False}
+                )
+                codes = group.create_dataset("codes", data=values[0])
+                codes.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+                cats = group.create_dataset(
+                    "categories", data=np.array(values[1], dtype=object), dtype=h5py.string_dtype()
+                )
+                cats.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+            else:
+                data = obs.create_dataset(name, data=values)
+                data.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        obs.attrs["column-order"] = np.array(
+            [c for c in order if c not in columns] + list(columns), dtype=object
+        )
+        obsm = fh.require_group("obsm")
+        dset = obsm.create_dataset(
+            key, shape=(n, dim), dtype="float32", chunks=(max(1, min(n, 4096)), dim) if n else None
+        )
+        dset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        row = 0
+        for block in blocks:
+            dset[row : row + len(block)] = block
+            row += len(block)
+        if row != n:
+            raise RuntimeError(f"wrote {row} probability rows for {n} cells")
+
+
 def predict(req: PredictRequest) -> dict:
     """Label (or resume labelling, or find labelled) one query; returns the manifest."""
     started_at = datetime.now(UTC)
@@ -674,20 +747,18 @@ def predict(req: PredictRequest) -> dict:
                 parts.save(lo, hi, clf.proba(features.rows(lo, hi)))
             predict_s = time.perf_counter() - t
             cells_this_run = sum(hi - lo for lo, hi in todo)
-            best = np.empty(h5.n_cells, dtype=np.int64)
+            names = [*clf.classes.tolist(), UNKNOWN]
+            codes = np.empty(h5.n_cells, dtype=np.int16)
             confidence = np.empty(h5.n_cells, dtype=np.float32)
             for lo, hi in chunks:
                 proba = parts.load(lo, hi)
-                best[lo:hi] = proba.argmax(axis=1)
+                codes[lo:hi] = proba.argmax(axis=1)
                 confidence[lo:hi] = proba.max(axis=1)
-            names = [*clf.classes.tolist(), UNKNOWN]
-            best[confidence < req.min_confidence] = len(clf.classes)
-            obs = h5.obs()
-            obs.index = obs.index.astype(str)
+            codes[confidence < req.min_confidence] = len(clf.classes)
             label_col, conf_col = f"{model}_label", f"{model}_label_confidence"
-            obs[label_col] = pd.Categorical.from_codes(best, categories=names)
-            obs[conf_col] = confidence
-            counts = obs[label_col].value_counts()
+            counts = dict(
+                zip(names, np.bincount(codes, minlength=len(names)).tolist(), strict=True)
+            )
             manifest = {
                 "kind": "helical_annotation_predictions",
                 "run_key": key,
@@ -709,8 +780,8 @@ def predict(req: PredictRequest) -> dict:
                     "probabilities": f"obsm['{model}_label_probabilities']",
                 },
                 "min_confidence": req.min_confidence,
-                "label_counts": {str(k): int(v) for k, v in counts.items()},
-                "unknown_cells": int(counts.get(UNKNOWN, 0)),
+                "label_counts": counts,
+                "unknown_cells": counts[UNKNOWN],
                 "chunks": len(chunks),
                 "resumed_chunks": len(chunks) - len(todo),
                 "cells_per_second": round(cells_this_run / predict_s, 1) if predict_s else None,
@@ -722,12 +793,13 @@ def predict(req: PredictRequest) -> dict:
             }
 
             def write(path: Path) -> None:
-                output.write_embeddings(
+                write_predictions(
                     path,
-                    obs=obs,
+                    source=h5,
+                    columns={label_col: (codes, names), conf_col: confidence},
                     key=f"{model}_label_probabilities",
-                    dim=len(clf.classes),
                     blocks=(parts.load(lo, hi) for lo, hi in chunks),
+                    dim=len(clf.classes),
                     provenance=manifest,
                 )
 
