@@ -145,7 +145,9 @@ def helical_embedding():
 
     @task(trigger_rule="all_done")
     def report_jobs(planned: dict, merged: list, params=None) -> list:
-        return jobs.report_jobs(planned["reports"], merged, label_key=params["label_key"])
+        # no plan (no dataset passed validation): nothing to report
+        reports = (planned or {}).get("reports") or []
+        return jobs.report_jobs(reports, merged, label_key=params["label_key"])
 
     @task(trigger_rule="all_done")
     def provenance_job(
