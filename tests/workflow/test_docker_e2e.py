@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import airflow_client.client as af
 import pytest
