@@ -43,6 +43,8 @@ RUNNER_UID = 10001
 # Where the runner writes helical's model cache and scratch files in a container.
 CACHE_DIR = "/var/cache/helical"
 XCOM_FILE = "/airflow/xcom/return.json"
+# The image's WORKDIR (runners/helical-runner/Dockerfile), writable scratch on a read-only root.
+WORK_DIR = "/work"
 # Docker network of the runner containers (compose: the internal `helical-runner`
 # network that reaches the Pushgateway and nothing else).
 DOCKER_NETWORK_ENV = "HELICAL_DOCKER_NETWORK"
@@ -314,10 +316,13 @@ class RunnerPodOperator(RunnerStep, KubernetesPodOperator):
             volumes=[
                 k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
                 k8s.V1Volume(name="cache", empty_dir=k8s.V1EmptyDirVolumeSource()),
+                # the image's working directory: UCE writes scratch files there
+                k8s.V1Volume(name="work", empty_dir=k8s.V1EmptyDirVolumeSource()),
             ],
             volume_mounts=[
                 k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
                 k8s.V1VolumeMount(name="cache", mount_path=CACHE_DIR),
+                k8s.V1VolumeMount(name="work", mount_path=WORK_DIR),
             ],
             security_context=k8s.V1PodSecurityContext(
                 run_as_non_root=True,

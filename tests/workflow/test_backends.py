@@ -92,7 +92,7 @@ def test_pod_is_locked_down(pod):
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert {"/tmp", containers.CACHE_DIR} <= mounts
+    assert {"/tmp", containers.CACHE_DIR, containers.WORK_DIR} <= mounts
 
 
 def test_pod_operator_options_survive_scale_up_and_clean_up():
