@@ -48,6 +48,7 @@ WORK_DIR = "/work"
 # Docker network of the runner containers (compose: the internal `helical-runner`
 # network that reaches the Pushgateway and nothing else).
 DOCKER_NETWORK_ENV = "HELICAL_DOCKER_NETWORK"
+DOCKER_GPUS_ENV = "HELICAL_DOCKER_GPUS"
 # Label on every runner container and pod (how the tests and operators find them).
 RUNNER_LABELS = {
     "app.kubernetes.io/name": "helical-runner",
@@ -116,6 +117,16 @@ def docker_network(env: dict[str, str], argv: list[str]) -> str:
     return "bridge" if needs else "none"
 
 
+def docker_gpus(image_ref: str | None = None) -> bool:
+    """Whether containers get the profile's GPUs: ``HELICAL_DOCKER_GPUS`` = ``profile``
+    or ``none``; by default only a CUDA image asks for them (the CPU image runs on
+    engines without a GPU runtime, where a GPU request fails the container start)."""
+    setting = os.environ.get(DOCKER_GPUS_ENV, "").strip().lower()
+    if setting:
+        return setting == "profile"
+    return "cuda" in (image_ref or image())
+
+
 def docker_mounts(
     *, data_dir: Path | None, output_dir: Path | None, env: dict[str, str]
 ) -> list[Mount]:
@@ -174,7 +185,7 @@ class RunnerDockerOperator(RunnerStep, DockerOperator):
     ) -> None:
         env = runner.passthrough_env()
         argv = [str(a) for a in runner_args]
-        gpu = (job_resources or {}).get("gpu") or {}
+        gpu = ((job_resources or {}).get("gpu") or {}) if docker_gpus(kwargs.get("image")) else {}
         entrypoint, command = _json_command(argv, to_file=None) if want_json else (None, argv)
         output_dir = Path(output_root) if output_root and "://" not in output_root else None
         kwargs.setdefault("image", image())

@@ -150,6 +150,7 @@ def test_pod_exit_code_is_read_from_the_runner_container():
 @pytest.fixture
 def docker_op(tmp_path, monkeypatch):
     monkeypatch.delenv("HELICAL_DOCKER_NETWORK", raising=False)
+    monkeypatch.setenv("HELICAL_DOCKER_GPUS", "profile")
     monkeypatch.delenv("HELICAL_RUNNER_PUSHGATEWAY", raising=False)
     data = tmp_path / "data"
     data.mkdir()
@@ -239,3 +240,14 @@ def test_backend_is_chosen_by_configuration(monkeypatch):
     monkeypatch.setenv("HELICAL_BACKEND", "slurm")
     with pytest.raises(ValueError, match="slurm"):
         backend.backend_name()
+
+
+def test_the_cpu_image_asks_for_no_gpu_unless_told(monkeypatch):
+    monkeypatch.delenv("HELICAL_DOCKER_GPUS", raising=False)
+    gpu = profiles.load_profile("geneformer")["resources"]
+    op = containers.RunnerDockerOperator(task_id="t", runner_args=["embed"], job_resources=gpu)
+    assert op.device_requests == []  # helical-runner:0.1.0-cpu on an engine without GPUs
+    cuda = containers.RunnerDockerOperator(
+        task_id="t", runner_args=["embed"], job_resources=gpu, image="helical-runner:0.1.0-cuda"
+    )
+    assert cuda.device_requests[0]["Count"] == 1
