@@ -251,3 +251,23 @@ def test_the_cpu_image_asks_for_no_gpu_unless_told(monkeypatch):
         task_id="t", runner_args=["embed"], job_resources=gpu, image="helical-runner:0.1.0-cuda"
     )
     assert cuda.device_requests[0]["Count"] == 1
+
+
+def test_result_steps_return_through_the_xcom_sidecar_after_success():
+    merge = {
+        "dataset": "s3://d/x.h5ad",
+        "dataset_name": "x",
+        "model": "uce",
+        "shards": ["s3://o/r/x/shards/uce/0-5.h5ad"],
+        "output": "s3://o/r/x/embeddings/uce.h5ad",
+        "run_root": "s3://o/r",
+    }
+    (job,) = jobs.merge_jobs([merge])
+    op = containers.RunnerPodOperator(task_id="merge", **job)
+    spec = _render(op)
+    kubernetes_validate.validate(spec, K8S_VERSION, strict=True)
+    main = next(c for c in spec["spec"]["containers"] if c["name"] == "base")
+    # the runner's exit code decides; only a success leaves the (empty) result
+    assert "|| exit $?" in main["command"][2] and containers.XCOM_FILE in main["command"][2]
+    assert op.do_xcom_push is True
+    assert op._finish({}, {}) == job["job_result"]

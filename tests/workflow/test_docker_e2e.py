@@ -181,12 +181,13 @@ def test_every_task_succeeds_each_step_in_its_own_container(docker_airflow, dock
         assert steps.count(step) >= n, (step, steps)
     seen = list(watch.inspected.values())
     assert len(seen) >= 5, "too few containers observed while running"
+    data_mounts = []
     for c in seen:
         assert c["Config"]["User"] == "10001:10001"  # non-root
         assert c["HostConfig"]["NetworkMode"] == "none"  # nothing to reach for local data
-        mounts = {m["Destination"]: m for m in c["Mounts"]}
-        data = [m for d, m in mounts.items() if "/data/" in d + "/"]
-        assert data and all(m["RW"] is False for m in data), mounts  # data read-only
+        data_mounts += [m for m in c["Mounts"] if "/data/" in m["Destination"] + "/"]
+    assert data_mounts, "no container had the data mounted"
+    assert all(m["RW"] is False for m in data_mounts), data_mounts  # data read-only
     # nothing left behind
     assert docker("ps", "-aq", "--filter", f"label={LABEL}", env=watch.env).stdout.strip() == ""
 
