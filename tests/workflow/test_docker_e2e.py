@@ -27,7 +27,7 @@ from conftest import GOOD_RUN_MODELS, RUNNER_PY, good_run_conf, run_root_of
 
 pytestmark = pytest.mark.docker
 
-RUN_TIMEOUT = 600
+RUN_TIMEOUT = 900
 LABEL = "app.kubernetes.io/name=helical-runner"
 
 
