@@ -10,8 +10,6 @@ import pytest
 from conftest import GOOD_RUN_MODELS as MODELS
 from conftest import read_embedding_shape, read_obs_names
 
-RUN_TIMEOUT = 420
-
 
 def _states(airflow, run_id) -> dict[tuple[str, int], object]:
     return {(ti.task_id, ti.map_index): ti for ti in airflow.task_instances(run_id)}
