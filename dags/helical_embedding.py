@@ -30,6 +30,7 @@ plan hands it. See `docs/workflow.md`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import timedelta
@@ -58,6 +59,7 @@ RETRY_DELAY = timedelta(seconds=float(os.environ.get("HELICAL_RETRY_DELAY_S", "3
 # The runner steps' operator: LocalRunnerOperator, RunnerDockerOperator or RunnerPodOperator.
 Runner = backend.runner_operator()
 JOB_LABEL = "{{ task.job_label }}"
+log = logging.getLogger(__name__)
 
 
 def _dag_params() -> dict:
@@ -172,9 +174,11 @@ def helical_embedding():
         """The run fails here, after provenance is written, when anything is missing."""
         (result,) = written
         if result["problems"]:
-            raise AirflowFailException(
-                f"provenance written to {result['provenance']}; " + "; ".join(result["problems"])
+            message = f"provenance written to {result['provenance']}; " + "; ".join(
+                result["problems"]
             )
+            log.error(message)  # the verdict reads plainly in the task log
+            raise AirflowFailException(message)
         return result["provenance"]
 
     step = Runner.partial
