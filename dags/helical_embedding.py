@@ -30,6 +30,7 @@ plan hands it. See `docs/workflow.md`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import timedelta
@@ -58,6 +59,7 @@ RETRY_DELAY = timedelta(seconds=float(os.environ.get("HELICAL_RETRY_DELAY_S", "3
 # The runner steps' operator: LocalRunnerOperator, RunnerDockerOperator or RunnerPodOperator.
 Runner = backend.runner_operator()
 JOB_LABEL = "{{ task.job_label }}"
+log = logging.getLogger(__name__)
 
 
 def _dag_params() -> dict:
@@ -146,7 +148,9 @@ def helical_embedding():
 
     @task(trigger_rule="all_done")
     def report_jobs(planned: dict, merged: list, params=None) -> list:
-        return jobs.report_jobs(planned["reports"], merged, label_key=params["label_key"])
+        # no plan (no dataset passed validation): nothing to report
+        reports = (planned or {}).get("reports") or []
+        return jobs.report_jobs(reports, merged, label_key=params["label_key"])
 
     @task(trigger_rule="all_done")
     def provenance_job(
@@ -171,9 +175,11 @@ def helical_embedding():
         """The run fails here, after provenance is written, when anything is missing."""
         (result,) = written
         if result["problems"]:
-            raise AirflowFailException(
-                f"provenance written to {result['provenance']}; " + "; ".join(result["problems"])
+            message = f"provenance written to {result['provenance']}; " + "; ".join(
+                result["problems"]
             )
+            log.error(message)  # the verdict reads plainly in the task log
+            raise AirflowFailException(message)
         return result["provenance"]
 
     step = Runner.partial

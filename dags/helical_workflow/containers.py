@@ -43,9 +43,12 @@ RUNNER_UID = 10001
 # Where the runner writes helical's model cache and scratch files in a container.
 CACHE_DIR = "/var/cache/helical"
 XCOM_FILE = "/airflow/xcom/return.json"
+# The image's WORKDIR (runners/helical-runner/Dockerfile), writable scratch on a read-only root.
+WORK_DIR = "/work"
 # Docker network of the runner containers (compose: the internal `helical-runner`
 # network that reaches the Pushgateway and nothing else).
 DOCKER_NETWORK_ENV = "HELICAL_DOCKER_NETWORK"
+DOCKER_GPUS_ENV = "HELICAL_DOCKER_GPUS"
 # Label on every runner container and pod (how the tests and operators find them).
 RUNNER_LABELS = {
     "app.kubernetes.io/name": "helical-runner",
@@ -114,6 +117,16 @@ def docker_network(env: dict[str, str], argv: list[str]) -> str:
     return "bridge" if needs else "none"
 
 
+def docker_gpus(image_ref: str | None = None) -> bool:
+    """Whether containers get the profile's GPUs: ``HELICAL_DOCKER_GPUS`` = ``profile``
+    or ``none``; by default only a CUDA image asks for them (the CPU image runs on
+    engines without a GPU runtime, where a GPU request fails the container start)."""
+    setting = os.environ.get(DOCKER_GPUS_ENV, "").strip().lower()
+    if setting:
+        return setting == "profile"
+    return "cuda" in (image_ref or image())
+
+
 def docker_mounts(
     *, data_dir: Path | None, output_dir: Path | None, env: dict[str, str]
 ) -> list[Mount]:
@@ -172,7 +185,7 @@ class RunnerDockerOperator(RunnerStep, DockerOperator):
     ) -> None:
         env = runner.passthrough_env()
         argv = [str(a) for a in runner_args]
-        gpu = (job_resources or {}).get("gpu") or {}
+        gpu = ((job_resources or {}).get("gpu") or {}) if docker_gpus(kwargs.get("image")) else {}
         entrypoint, command = _json_command(argv, to_file=None) if want_json else (None, argv)
         output_dir = Path(output_root) if output_root and "://" not in output_root else None
         kwargs.setdefault("image", image())
@@ -314,10 +327,13 @@ class RunnerPodOperator(RunnerStep, KubernetesPodOperator):
             volumes=[
                 k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
                 k8s.V1Volume(name="cache", empty_dir=k8s.V1EmptyDirVolumeSource()),
+                # the image's working directory: UCE writes scratch files there
+                k8s.V1Volume(name="work", empty_dir=k8s.V1EmptyDirVolumeSource()),
             ],
             volume_mounts=[
                 k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
                 k8s.V1VolumeMount(name="cache", mount_path=CACHE_DIR),
+                k8s.V1VolumeMount(name="work", mount_path=WORK_DIR),
             ],
             security_context=k8s.V1PodSecurityContext(
                 run_as_non_root=True,

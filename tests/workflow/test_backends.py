@@ -92,7 +92,7 @@ def test_pod_is_locked_down(pod):
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert {"/tmp", containers.CACHE_DIR} <= mounts
+    assert {"/tmp", containers.CACHE_DIR, containers.WORK_DIR} <= mounts
 
 
 def test_pod_operator_options_survive_scale_up_and_clean_up():
@@ -150,6 +150,7 @@ def test_pod_exit_code_is_read_from_the_runner_container():
 @pytest.fixture
 def docker_op(tmp_path, monkeypatch):
     monkeypatch.delenv("HELICAL_DOCKER_NETWORK", raising=False)
+    monkeypatch.setenv("HELICAL_DOCKER_GPUS", "profile")
     monkeypatch.delenv("HELICAL_RUNNER_PUSHGATEWAY", raising=False)
     data = tmp_path / "data"
     data.mkdir()
@@ -239,3 +240,34 @@ def test_backend_is_chosen_by_configuration(monkeypatch):
     monkeypatch.setenv("HELICAL_BACKEND", "slurm")
     with pytest.raises(ValueError, match="slurm"):
         backend.backend_name()
+
+
+def test_the_cpu_image_asks_for_no_gpu_unless_told(monkeypatch):
+    monkeypatch.delenv("HELICAL_DOCKER_GPUS", raising=False)
+    gpu = profiles.load_profile("geneformer")["resources"]
+    op = containers.RunnerDockerOperator(task_id="t", runner_args=["embed"], job_resources=gpu)
+    assert op.device_requests == []  # helical-runner:0.1.0-cpu on an engine without GPUs
+    cuda = containers.RunnerDockerOperator(
+        task_id="t", runner_args=["embed"], job_resources=gpu, image="helical-runner:0.1.0-cuda"
+    )
+    assert cuda.device_requests[0]["Count"] == 1
+
+
+def test_result_steps_return_through_the_xcom_sidecar_after_success():
+    merge = {
+        "dataset": "s3://d/x.h5ad",
+        "dataset_name": "x",
+        "model": "uce",
+        "shards": ["s3://o/r/x/shards/uce/0-5.h5ad"],
+        "output": "s3://o/r/x/embeddings/uce.h5ad",
+        "run_root": "s3://o/r",
+    }
+    (job,) = jobs.merge_jobs([merge])
+    op = containers.RunnerPodOperator(task_id="merge", **job)
+    spec = _render(op)
+    kubernetes_validate.validate(spec, K8S_VERSION, strict=True)
+    main = next(c for c in spec["spec"]["containers"] if c["name"] == "base")
+    # the runner's exit code decides; only a success leaves the (empty) result
+    assert "|| exit $?" in main["command"][2] and containers.XCOM_FILE in main["command"][2]
+    assert op.do_xcom_push is True
+    assert op._finish({}, {}) == job["job_result"]

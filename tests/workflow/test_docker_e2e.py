@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import airflow_client.client as af
 import pytest
@@ -24,7 +27,7 @@ from conftest import GOOD_RUN_MODELS, RUNNER_PY, good_run_conf, run_root_of
 
 pytestmark = pytest.mark.docker
 
-RUN_TIMEOUT = 600
+RUN_TIMEOUT = 900
 LABEL = "app.kubernetes.io/name=helical-runner"
 
 
@@ -113,11 +116,25 @@ class ContainerWatch:
 
 
 @pytest.fixture(scope="module")
-def docker_airflow(engine, workdir, runner_env):
-    outputs = workdir / "docker-runs"
-    outputs.mkdir()
+def shared(data_dir, runner_env):
+    """Data, model store and outputs where the runner's user (uid 10001) can reach them,
+    as a user would set them up: pytest's own folders are private to root (0700)."""
+    root = Path(tempfile.mkdtemp(prefix="helical-docker-e2e-", dir="/var/tmp"))
+    root.chmod(0o755)
+    shutil.copytree(data_dir, root / "data")
+    shutil.copytree(runner_env["HELICAL_RUNNER_MODEL_STORE"], root / "model-store")
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    (root / "runs").mkdir()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def docker_airflow(engine, workdir, runner_env, shared):
+    outputs = shared / "runs"
     env = {
         **runner_env,
+        "HELICAL_RUNNER_MODEL_STORE": str(shared / "model-store"),
         "HELICAL_BACKEND": "docker",
         "DOCKER_HOST": engine["DOCKER_HOST"],
         "HELICAL_OUTPUT_ROOT": str(outputs),
@@ -136,9 +153,9 @@ def watch(engine):
 
 
 @pytest.fixture(scope="module")
-def docker_good_run(docker_airflow, watch, data_dir):
+def docker_good_run(docker_airflow, watch, shared):
     start = time.monotonic()
-    run_id = docker_airflow.trigger(good_run_conf(data_dir))
+    run_id = docker_airflow.trigger(good_run_conf(shared / "data"))
     state = docker_airflow.wait(run_id, RUN_TIMEOUT)
     elapsed = time.monotonic() - start
     print(f"docker backend: 2 datasets x 2 models x 2 shards in {elapsed:.0f} s")
@@ -164,12 +181,13 @@ def test_every_task_succeeds_each_step_in_its_own_container(docker_airflow, dock
         assert steps.count(step) >= n, (step, steps)
     seen = list(watch.inspected.values())
     assert len(seen) >= 5, "too few containers observed while running"
+    data_mounts = []
     for c in seen:
         assert c["Config"]["User"] == "10001:10001"  # non-root
         assert c["HostConfig"]["NetworkMode"] == "none"  # nothing to reach for local data
-        mounts = {m["Destination"]: m for m in c["Mounts"]}
-        data = [m for d, m in mounts.items() if "/data/" in d + "/"]
-        assert data and all(m["RW"] is False for m in data), mounts  # data read-only
+        data_mounts += [m for m in c["Mounts"] if "/data/" in m["Destination"] + "/"]
+    assert data_mounts, "no container had the data mounted"
+    assert all(m["RW"] is False for m in data_mounts), data_mounts  # data read-only
     # nothing left behind
     assert docker("ps", "-aq", "--filter", f"label={LABEL}", env=watch.env).stdout.strip() == ""
 
@@ -198,9 +216,9 @@ def test_outputs_equal_the_local_backends(
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_bad_dataset_fails_at_validate_without_retry(docker_airflow, docker_good_run, data_dir):
+def test_bad_dataset_fails_at_validate_without_retry(docker_airflow, docker_good_run, shared):
     run_id = docker_airflow.trigger(
-        {"datasets": [str(data_dir / "corrupt" / "corrupt.h5ad")], "models": ["geneformer"]}
+        {"datasets": [str(shared / "data" / "corrupt" / "corrupt.h5ad")], "models": ["geneformer"]}
     )
     assert docker_airflow.wait(run_id, RUN_TIMEOUT) == "failed"
     (bad,) = _tis(docker_airflow, run_id, "validate")
@@ -220,10 +238,10 @@ def _first_running(watch, step, deadline_s=240) -> str:
 
 
 def test_a_runner_killed_in_its_container_is_retried(
-    docker_airflow, docker_good_run, watch, data_dir
+    docker_airflow, docker_good_run, watch, shared
 ):
     run_id = docker_airflow.trigger(
-        {"datasets": [str(data_dir / "small_d" / "small_d.h5ad")], "models": ["geneformer"]}
+        {"datasets": [str(shared / "data" / "small_d" / "small_d.h5ad")], "models": ["geneformer"]}
     )
     cid = _first_running(watch, "embed")
     docker("kill", "--signal", "KILL", cid, env=watch.env)  # the runner (PID 1) dies
@@ -237,10 +255,10 @@ def test_a_runner_killed_in_its_container_is_retried(
 
 
 def test_marking_an_embed_task_failed_stops_and_removes_its_container(
-    docker_airflow, docker_good_run, watch, data_dir
+    docker_airflow, docker_good_run, watch, shared
 ):
     run_id = docker_airflow.trigger(
-        {"datasets": [str(data_dir / "small_c" / "small_c.h5ad")], "models": ["geneformer"]}
+        {"datasets": [str(shared / "data" / "small_c" / "small_c.h5ad")], "models": ["geneformer"]}
     )
     cid = _first_running(watch, "embed")
     (embed,) = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RUN_TIMEOUT = 300
+RUN_TIMEOUT = 600
 
 
 def _tis(airflow, run_id, task_id):

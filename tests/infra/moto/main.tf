@@ -30,7 +30,7 @@ variable "bucket_prefix" {
 provider "aws" {
   region                      = "us-east-1"
   access_key                  = "moto-fake-access-key"
-  secret_key                  = "moto-fake-secret-key"
+  secret_key                  = "moto-fake-secret-key" # checkov:skip=CKV_SECRET_6: moto accepts any key on loopback; not a credential
   skip_credentials_validation = true
   skip_metadata_api_check     = true
   skip_region_validation      = true
