@@ -12,12 +12,13 @@ trigger form and the report go to $HELICAL_SCREENSHOT_DIR (default: a temp dir;
 from __future__ import annotations
 
 import os
+import subprocess
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from conftest import DAG_ID, REPO, poll
+from conftest import DAG_ID, REPO, STACK_SH, poll
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 UI_MODEL = "scgpt"  # not the DAG's default (geneformer)
@@ -168,3 +169,9 @@ def test_trigger_from_the_ui_and_read_the_report(workflow, browser, shots):
     assert _console_errors(browser) == []
     browser.set_window_size(1400, 1600)
     _screenshot(browser, shots / "report.png")
+
+    # Without screenshots: one command prints where the UI, dashboards and report are.
+    where = subprocess.run([str(STACK_SH), "where"], env={**stack.env, "HELICAL_OUTPUT_ROOT": str(output_root)},
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert f"http://127.0.0.1:{stack.ports['api']}" in where
+    assert reports[0].as_uri() in where and where.count("Dashboard ") == 4
