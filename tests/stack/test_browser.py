@@ -80,6 +80,7 @@ def _console_errors(driver) -> list[str]:
 
 
 def test_trigger_from_the_ui_and_read_the_report(workflow, browser, shots):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     stack, work = workflow.stack, workflow.work
@@ -150,6 +151,9 @@ def test_trigger_from_the_ui_and_read_the_report(workflow, browser, shots):
 
     summary = _wait(browser, lambda _: summary_line(), 90, "the runner's summary in the task log")
     assert f"/shards/{UI_MODEL}/" in summary and '"cells": ' in summary, summary
+    # The log viewer's own shortcuts: w wraps long lines, f shows the log full screen.
+    ActionChains(browser).send_keys("w").send_keys("f").perform()
+    _wait(browser, _css("[role=dialog]"), 15, "the full-screen log")
     _screenshot(browser, shots / "airflow-task-log.png")
 
     # The report: tables and every image rendered, no console error.
