@@ -35,7 +35,22 @@ export AIRFLOW__API__PORT="$PORT"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
 
-trap 'trap - INT TERM EXIT; kill 0 2>/dev/null; wait' INT TERM EXIT
+# Each component in its own process group (job control), stopped as a group:
+# Ctrl-C or SIGTERM asks every group to stop, gives them 30 s, then SIGKILLs
+# what is left (the scheduler can wait forever on a LocalExecutor worker).
+set -m
+stop() {
+  trap - INT TERM EXIT
+  local groups group
+  groups="$(jobs -p)"
+  for group in $groups; do kill -TERM -- "-$group" 2>/dev/null || true; done
+  for _ in {1..30}; do
+    [[ -z "$(jobs -pr)" ]] && break
+    sleep 1
+  done
+  for group in $groups; do kill -KILL -- "-$group" 2>/dev/null || true; done
+}
+trap stop INT TERM EXIT
 airflow api-server --host 127.0.0.1 --port "$PORT" --workers 1 &
 airflow scheduler --skip-serve-logs &
 airflow dag-processor &
