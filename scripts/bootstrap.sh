@@ -53,11 +53,11 @@ env_runner() {
 }
 
 env_airflow() {
-  local files=("$REQ/airflow.lock")
+  local files=("$REQ/airflow.lock" "$REQ/browser-test.txt")
   needs_build airflow "${files[@]}" || { log "airflow up to date"; return; }
   log "building airflow env from requirements/airflow.lock"
   new_venv airflow
-  pip_in airflow --no-deps -r "$REQ/airflow.lock"
+  pip_in airflow --no-deps -r "$REQ/airflow.lock" -r "$REQ/browser-test.txt"
   "$VENVS/airflow/bin/python" -c "import airflow" || { log "airflow env broken"; exit 1; }
   finish airflow "${files[@]}"
 }

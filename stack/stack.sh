@@ -3,8 +3,9 @@
 #
 #   stack/stack.sh start          # idempotent; prints where each service listens
 #   stack/stack.sh status [--json]
-#   stack/stack.sh stop           # idempotent; stops every recorded PID
-#   stack/stack.sh restart postgres   # stop one component by PID, start what is missing
+#   stack/stack.sh stop           # idempotent; stops every component, then supervisord
+#   stack/stack.sh restart postgres   # stop one component, start what is missing
+#   stack/stack.sh where          # URLs of the UI, Prometheus, each dashboard, the newest report
 #
 # Needs `scripts/bootstrap.sh system airflow` (Debian servers + .venvs/airflow);
 # `start` runs the system part itself when a server is missing.
@@ -12,7 +13,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HELICAL_STACK_AIRFLOW_VENV:-$ROOT/.venvs/airflow}"
-if [[ "${1:-}" == start ]] && ! command -v prometheus-pushgateway >/dev/null; then
-  "$ROOT/scripts/bootstrap.sh" system
+if [[ "${1:-}" == start ]]; then
+  for tool in supervisord prometheus-pushgateway prometheus-process-exporter \
+      prometheus-postgres-exporter prometheus-redis-exporter; do
+    command -v "$tool" >/dev/null || { "$ROOT/scripts/bootstrap.sh" system; break; }
+  done
 fi
 exec "$VENV/bin/python" "$ROOT/stack/stackctl.py" "$@"

@@ -1,6 +1,6 @@
 """Start, stop and inspect the native local stack (no Docker needed).
 
-    stack/stack.sh start | stop | status [--json] | restart COMPONENT
+    stack/stack.sh start | stop | status [--json] | restart COMPONENT | where
 
 Postgres, Redis, Prometheus, Pushgateway, the process, Postgres and Redis
 exporters (Debian packages), the StatsD receiver and Airflow 3 with
@@ -727,9 +727,37 @@ def print_status(stack: Stack) -> list[dict]:
     return rows
 
 
+def cmd_where(stack: Stack) -> int:
+    """Where to look: the UI, Prometheus, each dashboard, the newest report (no screenshots needed)."""
+    p = stack.ports
+    running = {r["name"]: r["healthy"] for r in component_status(stack)}
+    mark = {True: "", False: "  (not running: stack/stack.sh start)"}
+    print(f"Airflow UI    http://127.0.0.1:{p['api']}  user admin, password: "
+          f"python3 -c \"import json; print(json.load(open('{stack.path('secrets.json')}'))['admin_password'])\""
+          f"{mark[running['airflow-api-server']]}")  # fmt: skip
+    print(f"Prometheus    http://127.0.0.1:{p['prometheus']}/alerts{mark[running['prometheus']]}")
+    print(f"Pushgateway   http://127.0.0.1:{p['pushgateway']}{mark[running['pushgateway']]}")
+    grafana = os.environ.get("GRAFANA_PORT", "18730")
+    for path in sorted((REPO / "observability" / "grafana" / "dashboards").glob("*.json")):
+        dash = json.loads(path.read_text())
+        print(f"Dashboard     {dash['title']}: http://127.0.0.1:{grafana}/d/{dash['uid']} (compose "
+              f"Grafana; native stack: import {path.relative_to(REPO)} into any Grafana)")  # fmt: skip
+    output_root = Path(os.environ.get("HELICAL_OUTPUT_ROOT") or REPO / "runs")
+    reports = sorted(output_root.glob("*/*/report/report.html"), key=lambda r: r.stat().st_mtime)
+    if reports:
+        print(
+            f"Report        {reports[-1].as_uri()}  (newest of {len(reports)} under {output_root})"
+        )
+    else:
+        print(f"Report        none yet under {output_root}: trigger helical_embedding first")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="native local stack: start | stop | status")
-    parser.add_argument("command", choices=["start", "stop", "status", "restart"])
+    parser = argparse.ArgumentParser(
+        description="native local stack: start | stop | status | where"
+    )
+    parser.add_argument("command", choices=["start", "stop", "status", "restart", "where"])
     parser.add_argument("component", nargs="?", choices=COMPONENTS, help="restart: which one")
     parser.add_argument("--json", action="store_true", help="status as JSON (for scripts)")
     args = parser.parse_args(argv)
@@ -738,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_start(stack)
     if args.command == "stop":
         return cmd_stop(stack)
+    if args.command == "where":
+        return cmd_where(stack)
     if args.command == "restart":
         if not args.component:
             parser.error("restart needs a component")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -71,6 +72,35 @@ def live(pid: int) -> bool:
     return state != "Z"
 
 
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(proc))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def listening_sockets(pids: set[int], kind: str = "-t") -> list[tuple[str, str]]:
+    """(local address, process) of every listening socket (`ss -l -t|-u`) owned by one of `pids`."""
+    argv = ["ss", "-H", "-lnp", kind]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if owners & pids:
+            found.append((line.split()[3], line.split()[-1]))
+    return found
+
+
 class NativeStack:
     """One native stack instance driven through stack/stack.sh."""
 
@@ -128,11 +158,13 @@ class NativeStack:
         assert body["status"] == "success", body
         return body["data"]["result"]
 
+    def admin_password(self) -> str:
+        return json.loads((self.state / "secrets.json").read_text())["admin_password"]
+
     def airflow_token(self) -> str:
-        secrets = json.loads((self.state / "secrets.json").read_text())
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.ports['api']}/auth/token",
-            data=json.dumps({"username": "admin", "password": secrets["admin_password"]}).encode(),
+            data=json.dumps({"username": "admin", "password": self.admin_password()}).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
@@ -174,3 +206,115 @@ def require_servers() -> None:
     ]
     if missing or not stackctl.PG_BIN.exists():
         pytest.fail(f"missing {missing or 'postgresql'}: run scripts/bootstrap.sh system")
+
+
+# --- the workflow stack: one per session (workflow and browser tests) ---------------
+
+DAG_ID = "helical_embedding"
+RUNNER_VENV = REPO / ".venvs" / "runner"
+MODELS = ["geneformer"]
+
+
+def runner_cli() -> str:
+    cli = RUNNER_VENV / "bin" / "helical-runner"
+    if not cli.exists():
+        pytest.fail("no .venvs/runner: run scripts/bootstrap.sh runner")
+    return str(cli)
+
+
+@pytest.fixture(scope="session")
+def workflow(state_root, require_servers):
+    if not any((REPO / "dags").glob("*.py")):
+        pytest.fail(f"no DAG file in {REPO / 'dags'}: the {DAG_ID} DAG has not landed")
+    work = state_root / "workflow"
+    data, models = work / "data", work / "models"
+    data.mkdir(parents=True)
+    subprocess.run([runner_cli(), "demo-data", "--output", str(data / "demo.h5ad"), "--cells", "400",
+                    "--label-key", "cell_type"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [runner_cli(), "models", "demo-bundle", "--to", str(models)],
+        check=True,
+        capture_output=True,
+    )
+    stack = NativeStack(
+        work / "stack",
+        {
+            "HELICAL_RUNNER_MODEL_STORE": str(models),
+            "HELICAL_OUTPUT_ROOT": str(work / "runs"),
+            # The DAG reads and writes only under these (helical_workflow.inputs).
+            "HELICAL_DATASET_ROOTS": str(data),
+            "HELICAL_OUTPUT_ROOTS": f"{work / 'runs'},{work / 'out'}",
+            # Fault tests: notice a dead worker's task in seconds, retry it soon, and
+            # have Redis hand an unacknowledged message back after one minute.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "5",
+            "HELICAL_RETRY_DELAY_S": "5",
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "60",
+        },
+    )
+    stack.run("start")
+    try:
+        poll(lambda: _dag_parsed(stack), 180, f"DAG {DAG_ID} parsed")
+        stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        yield Workflow(stack, work)
+    finally:
+        pids = stack.pids()
+        stack.run("stop", check=False)
+        assert [p for p in pids.values() if live(p)] == []
+
+
+def _dag_parsed(stack: NativeStack) -> bool:
+    try:
+        return stack.api("GET", f"/dags/{DAG_ID}")["dag_id"] == DAG_ID
+    except OSError:
+        return False
+
+
+class Workflow:
+    def __init__(self, stack: NativeStack, work: Path) -> None:
+        self.stack = stack
+        self.work = work
+        self.runs: dict[str, dict] = {}
+
+    def trigger(self, name: str) -> str:
+        run_id = f"{name}-{int(time.time())}"
+        conf = {
+            "datasets": [str(self.work / "data" / "demo.h5ad")],
+            "models": MODELS,
+            "output_root": str(self.work / "out" / name),
+        }
+        self.stack.api(
+            "POST",
+            f"/dags/{DAG_ID}/dagRuns",
+            {"dag_run_id": run_id, "logical_date": None, "conf": conf},
+        )
+        self.runs[name] = {
+            "run_id": run_id,
+            "output_root": Path(conf["output_root"]),
+            "started": time.time(),
+        }
+        return run_id
+
+    def state(self, run_id: str) -> str:
+        return self.stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+
+    def wait(self, run_id: str, timeout: float) -> str:
+        return poll(
+            lambda: (s := self.state(run_id)) in ("success", "failed") and s,
+            timeout,
+            f"run {run_id}",
+            2,
+        )
+
+    def task_instances(self, run_id: str) -> list[dict]:
+        return self.stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")[
+            "task_instances"
+        ]
+
+    def logs_hint(self, run_id: str) -> str:
+        tis = [
+            (t["task_id"], t["map_index"], t["state"], t["try_number"])
+            for t in self.task_instances(run_id)
+        ]
+        return f"task instances: {tis}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import stackctl
 
-from conftest import NativeStack, live, poll
+from conftest import NativeStack, descendants, listening_sockets, live, poll
 
 COMPONENTS = {
     "postgres", "redis", "statsd-receiver", "process-exporter", "postgres-exporter", "redis-exporter",
@@ -41,35 +40,6 @@ def group_members(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(proc))
     return members
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for proc in os.listdir("/proc"):
-        if proc.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(proc))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def listening_sockets(pids: set[int], kind: str = "-t") -> list[tuple[str, str]]:
-    """(local address, process) of every listening socket (`ss -l -t|-u`) owned by one of `pids`."""
-    argv = ["ss", "-H", "-lnp", kind]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    found = []
-    for line in out.splitlines():
-        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-        if owners & pids:
-            found.append((line.split()[3], line.split()[-1]))
-    return found
 
 
 def test_start_is_idempotent_and_everything_is_healthy(stack):

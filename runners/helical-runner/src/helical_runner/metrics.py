@@ -12,6 +12,7 @@ import resource
 import socket
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 LOG = logging.getLogger(__name__)
@@ -145,7 +146,21 @@ def _send(method, url: str, registry, labels: dict[str, str]) -> None:
     try:
         method(url, job=JOB, registry=registry, grouping_key=grouping, timeout=5)
     except Exception as exc:  # metrics must never fail a run
-        LOG.warning("could not push metrics", extra={"pushgateway": url, "error": str(exc)})
+        safe = redact_url(url)
+        error = str(exc).replace(url, safe)
+        password = urllib.parse.urlsplit(url).password
+        if password:
+            error = error.replace(password, "***")
+        LOG.warning("could not push metrics", extra={"pushgateway": safe, "error": error})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``: safe to log."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def labels_for(
