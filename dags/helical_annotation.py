@@ -35,21 +35,19 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from airflow.sdk import Asset, Param, Variable, dag, get_current_context, task  # noqa: E402 (after the sys.path fix)
+from airflow.sdk import Asset, Param, Variable, dag, task  # noqa: E402 (after the sys.path fix)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException  # noqa: E402 (after the sys.path fix)
 
-from helical_workflow import annotation, plan, profiles, provenance  # noqa: E402 (after the sys.path fix)
-from helical_workflow.backend import run_runner  # noqa: E402 (after the sys.path fix)
+from helical_workflow import annotation, backend, plan, profiles  # noqa: E402 (after the sys.path fix)
 
 EMBEDDINGS = Asset(name=annotation.EMBEDDINGS_ASSET[0], uri=annotation.EMBEDDINGS_ASSET[1])
 ANNOTATIONS = Asset(name=annotation.ANNOTATIONS_ASSET[0], uri=annotation.ANNOTATIONS_ASSET[1])
 OUTPUT_ROOT = os.environ.get("HELICAL_OUTPUT_ROOT") or str(profiles.REPO_ROOT / "runs")
 REFERENCE_VARIABLE = "helical_annotation_reference"
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("HELICAL_RETRY_DELAY_S", "30")))
-
-
-def _labels(ti) -> dict[str, str]:
-    return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id}
+# The runner steps' operator (same backends as helical_embedding).
+Runner = backend.runner_operator()
+JOB_LABEL = "{{ task.job_label }}"
 
 
 @dag(
@@ -108,113 +106,73 @@ def helical_annotation():
             raise AirflowFailException(str(exc)) from exc
 
     @task
-    def pick(planned: dict, key: str) -> list:
-        return planned[key]
+    def trains(planned: dict, params=None, run_id=None, dag=None) -> list:
+        return annotation.train_jobs(
+            planned, label_key=params["label_key"], dag_id=dag.dag_id, run_id=run_id
+        )
 
-    @task(map_index_template="{{ job['model'] }}")
-    def train(job: dict, params=None) -> dict:
-        """`helical-runner annotate train`: classifier + held-out scores (idempotent)."""
-        ctx = get_current_context()
-        # a model's classifier embeds the reference first: it gets that model's profile
-        profile = (
-            None if job["model"] == annotation.BASELINE else profiles.load_profile(job["model"])
+    @task
+    def predicts(planned: dict, params=None, run_id=None, dag=None) -> list:
+        return annotation.predict_jobs(
+            planned, min_confidence=params["min_confidence"], dag_id=dag.dag_id, run_id=run_id
         )
-        run_runner(
-            annotation.train_args(job, label_key=params["label_key"], labels=_labels(ctx["ti"])),
-            what=f"train {job['model']} classifier",
-            context=ctx,
-            profile=profile,
-            timeout_s=profile["timeout_minutes"] * 60 if profile else None,
-            local_paths=[job["reference"]],
-            output_root=job["output"].rsplit("/", 3)[0],
-        )
-        return job
-
-    # all_done: one model's failed training fails only its own predictions
-    # (the runner says the classifier is missing); the others go on.
-    @task(
-        trigger_rule="all_done",
-        outlets=[ANNOTATIONS],
-        map_index_template="{{ job['query_name'] }}/{{ job['model'] }}",
-    )
-    def predict(job: dict, params=None) -> dict:
-        """`helical-runner annotate predict`: labels + confidence (streamed, resumable)."""
-        ctx = get_current_context()
-        run_runner(
-            annotation.predict_args(
-                job, min_confidence=params["min_confidence"], labels=_labels(ctx["ti"])
-            ),
-            what=f"label {job['query_name']} with {job['model']}",
-            context=ctx,
-            local_paths=[job["input"]],
-            output_root=job["output"].rsplit("/", 3)[0],
-        )
-        ctx["outlet_events"][ANNOTATIONS].extra = {
-            k: job[k] for k in ("query", "model", "output", "classifier")
-        }
-        return job
 
     @task(trigger_rule="all_done")
-    def report(planned: dict, trained: list, predicted: list) -> str:
+    def report_jobs(planned: dict, trained: list, predicted: list) -> list:
         """Every trained model beside the baseline: one HTML page."""
         if not planned:
             raise AirflowSkipException("nothing was planned")
-        trained = [t for t in (trained or []) if t]
-        if not trained:
+        if not [t for t in trained or [] if t]:
             raise AirflowFailException("no classifier was trained; see the train tasks")
-        run_runner(
-            annotation.report_args(
-                # the folder: every classifier of this reference, earlier runs' included
-                classifiers=[planned["classifiers"]],
-                predictions=[p["output"] for p in (predicted or []) if p],
-                output_dir=planned["report_dir"],
-            ),
-            what="annotation report",
-            context=get_current_context(),
-            output_root=planned["root"],
-        )
-        return plan.join(planned["report_dir"], "annotation.html")
+        return annotation.report_jobs(planned, [p for p in predicted or [] if p])
 
     @task(trigger_rule="all_done")
-    def record_provenance(
-        planned: dict, trained: list, predicted: list, page: str | None, params=None, run_id=None
-    ) -> str:
+    def provenance_jobs(
+        planned: dict, trained: list, predicted: list, reported: list, params=None, **ctx
+    ) -> list:
         """`provenance.json`: params, every classifier and labelled query with its status."""
         if not planned:
             raise AirflowSkipException("nothing was planned")
         record = annotation.build_record(
-            dag_id="helical_annotation",
-            run_id=run_id,
+            dag_id=ctx["dag"].dag_id,
+            run_id=ctx["run_id"],
             params=dict(params),
             planned=planned,
             trained=[t for t in (trained or []) if t],
             predicted=[p for p in (predicted or []) if p],
-            report=page,
+            report=next((r["html"] for r in reported or [] if r), None),
         )
-        where = plan.join(planned["root"], "provenance.json")
-        run_runner(
-            ["provenance", "--output", where, "--record-z", provenance.encode_record(record)],
-            what="write provenance",
-            context=get_current_context(),
-            output_root=planned["root"],
-        )
-        missing = [
-            f"{e['model']}" + (f" on {e['query_name']}" if "query_name" in e else "")
-            for e in record["classifiers"] + record["predictions"]
-            if e["status"] == "missing"
-        ]
-        if missing or not page:
-            raise AirflowFailException(
-                f"provenance written to {where}; missing: {missing or ['report']}"
-            )
-        return where
+        return annotation.provenance_jobs(record, root=planned["root"])
 
+    @task
+    def record_provenance(written: list) -> str:
+        """The run fails here, after provenance is written, when anything is missing."""
+        (result,) = written
+        if result["problems"]:
+            raise AirflowFailException(
+                f"provenance written to {result['provenance']}; " + "; ".join(result["problems"])
+            )
+        return result["provenance"]
+
+    step = Runner.partial
     planned = plan_run()
-    trained = train.expand(job=pick.override(task_id="trains")(planned, "trains"))
-    predicted = predict.expand(job=pick.override(task_id="predicts")(planned, "predicts"))
+    trained = step(task_id="train", map_index_template=JOB_LABEL).expand_kwargs(trains(planned))
+    # all_done: one model's failed training fails only its own predictions
+    # (the runner says the classifier is missing); the others go on.
+    predicted = step(
+        task_id="predict",
+        trigger_rule="all_done",
+        outlets=[ANNOTATIONS],
+        map_index_template=JOB_LABEL,
+    ).expand_kwargs(predicts(planned))
     trained >> predicted
-    page = report(planned, trained, predicted)
-    record_provenance(planned, trained, predicted, page)
+    reported = step(task_id="report", map_index_template=JOB_LABEL).expand_kwargs(
+        report_jobs(planned, trained.output, predicted.output)
+    )
+    written = step(task_id="write_provenance", map_index_template=JOB_LABEL).expand_kwargs(
+        provenance_jobs(planned, trained.output, predicted.output, reported.output)
+    )
+    record_provenance(written.output)
 
 
 helical_annotation()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import inputs, plan
+from . import inputs, jobs, plan, profiles, provenance
 
 BASELINE = "pca"
 # The helical_embedding DAG's merge outlet (name, uri); this DAG is scheduled on it.
@@ -141,6 +141,109 @@ def plan_annotation(
         "report_dir": plan.join(root, "report"),
         "root": root,
     }
+
+
+def _run_labels(*, dag_id: str, task_id: str, run_id: str) -> dict[str, str]:
+    return {"dag_id": dag_id, "task_id": task_id, "run_id": run_id}
+
+
+def train_jobs(
+    planned: dict[str, Any], *, label_key: str, dag_id: str, run_id: str, task_id: str = "train"
+) -> list[dict[str, Any]]:
+    """One ``annotate train`` step per model (the runner step operator's keyword arguments).
+
+    A model's classifier embeds the reference first, so it gets that model's
+    resources and timeout; the baseline is light.
+    """
+    labels = _run_labels(dag_id=dag_id, task_id=task_id, run_id=run_id)
+    out = []
+    for job in planned["trains"]:
+        profile = None if job["model"] == BASELINE else profiles.load_profile(job["model"])
+        out.append(
+            {
+                "runner_args": train_args(job, label_key=label_key, labels=labels),
+                "job_label": job["model"],
+                "job_result": job,
+                "data_paths": [job["reference"]],
+                "output_root": job["output"].rsplit("/", 3)[0],
+                "job_resources": (profile or {}).get("resources") or jobs.LIGHT_RESOURCES,
+                "timeout_s": profile["timeout_minutes"] * 60 if profile else None,
+            }
+        )
+    return out
+
+
+def predict_jobs(
+    planned: dict[str, Any],
+    *,
+    min_confidence: float,
+    dag_id: str,
+    run_id: str,
+    task_id: str = "predict",
+) -> list[dict[str, Any]]:
+    """One ``annotate predict`` step per query x model; its result is the
+    ``helical_annotations`` asset event's extra."""
+    labels = _run_labels(dag_id=dag_id, task_id=task_id, run_id=run_id)
+    return [
+        {
+            "runner_args": predict_args(job, min_confidence=min_confidence, labels=labels),
+            "job_label": f"{job['query_name']}/{job['model']}",
+            "job_result": {
+                k: job[k] for k in ("query", "query_name", "model", "output", "classifier")
+            },
+            "data_paths": [job["input"]],
+            "output_root": job["output"].rsplit("/", 3)[0],
+            "job_resources": jobs.LIGHT_RESOURCES,
+        }
+        for job in planned["predicts"]
+    ]
+
+
+def report_jobs(planned: dict[str, Any], predicted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``annotate report`` step: every classifier of the reference (earlier runs'
+    included: the folder) beside the baseline, and the labelled queries."""
+    html = plan.join(planned["report_dir"], "annotation.html")
+    return [
+        {
+            "runner_args": report_args(
+                classifiers=[planned["classifiers"]],
+                predictions=[p["output"] for p in predicted],
+                output_dir=planned["report_dir"],
+            ),
+            "job_label": "report",
+            "job_result": {"html": html},
+            "output_root": planned["root"],
+            "job_resources": jobs.LIGHT_RESOURCES,
+        }
+    ]
+
+
+def provenance_jobs(record: dict[str, Any], *, root: str) -> list[dict[str, Any]]:
+    """The ``provenance`` step: the runner writes the run's record (it may write outputs)."""
+    missing = [
+        f"{e['model']}" + (f" on {e['query_name']}" if "query_name" in e else "")
+        for e in record["classifiers"] + record["predictions"]
+        if e["status"] == "missing"
+    ]
+    problems = [f"missing: {missing}"] if missing else []
+    if not record["report"]:
+        problems.append("no report")
+    where = plan.join(root, "provenance.json")
+    return [
+        {
+            "runner_args": [
+                "provenance",
+                "--output",
+                where,
+                "--record-z",
+                provenance.encode_record(record),
+            ],
+            "job_label": "provenance",
+            "job_result": {"provenance": where, "problems": problems},
+            "output_root": root,
+            "job_resources": jobs.LIGHT_RESOURCES,
+        }
+    ]
 
 
 def _labels(labels: dict[str, str]) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from harness import REPO
 
-from helical_workflow import annotation, provenance
+from helical_workflow import annotation, backend, provenance
 
 REF = "/data/ref/reference.h5ad"
 EVENTS = [
@@ -115,8 +115,12 @@ def test_dag_is_scheduled_on_new_embeddings_and_has_the_promised_shape():
     assert dag.get_task("train").upstream_task_ids == {"trains"}
     assert {"train", "predicts"} <= dag.get_task("predict").upstream_task_ids
     assert [a.name for a in dag.get_task("predict").outlets] == ["helical_annotations"]
-    assert dag.get_task("report").trigger_rule == "all_done"
-    assert dag.get_task("record_provenance").trigger_rule == "all_done"
+    # every runner step is the backend's operator, mapped over the jobs the plan makes
+    runner = backend.runner_operator()
+    for step in ("train", "predict", "report", "write_provenance"):
+        assert issubclass(dag.get_task(step).operator_class, runner), step
+    assert dag.get_task("report_jobs").trigger_rule == "all_done"
+    assert dag.get_task("provenance_jobs").trigger_rule == "all_done"
     assert set(dag.params) >= {
         "reference",
         "label_key",
