@@ -49,6 +49,8 @@ WORK_DIR = "/work"
 # network that reaches the Pushgateway and nothing else).
 DOCKER_NETWORK_ENV = "HELICAL_DOCKER_NETWORK"
 DOCKER_GPUS_ENV = "HELICAL_DOCKER_GPUS"
+# Seconds a killed task's container gets to stop before it is removed by force.
+KILL_GRACE_S = 2
 # Label on every runner container and pod (how the tests and operators find them).
 RUNNER_LABELS = {
     "app.kubernetes.io/name": "helical-runner",
@@ -223,6 +225,27 @@ class RunnerDockerOperator(RunnerStep, DockerOperator):
             job_resources=job_resources,
             timeout_s=timeout_s,
         )
+
+    def on_kill(self) -> None:
+        """Stop the container within seconds and remove it.
+
+        Airflow gives ``on_kill`` a few seconds before it kills the task process,
+        and the runner as PID 1 gets no default SIGTERM handling, so the
+        provider's plain ``stop`` (10 s) could be cut short and leave the
+        container behind; a short stop, then a forced removal, cannot.
+        """
+        container = getattr(self, "container", None)
+        if not container or not self.hook.client_created:
+            return
+        self.log.info("stopping and removing runner container %s", container["Id"][:12])
+        for action in (
+            lambda: self.cli.stop(container["Id"], timeout=KILL_GRACE_S),
+            lambda: self.cli.remove_container(container["Id"], force=True),
+        ):
+            try:
+                action()
+            except Exception as exc:  # gone already, or the engine refused: say so, go on
+                self.log.warning("runner container %s: %s", container["Id"][:12], exc)
 
     def execute(self, context: Any) -> Any:
         try:

@@ -216,7 +216,7 @@ def test_outputs_equal_the_local_backends(
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_bad_dataset_fails_at_validate_without_retry(docker_airflow, docker_good_run, shared):
+def test_bad_dataset_fails_at_validate_without_retry(docker_airflow, shared):
     run_id = docker_airflow.trigger(
         {"datasets": [str(shared / "data" / "corrupt" / "corrupt.h5ad")], "models": ["geneformer"]}
     )
@@ -237,9 +237,7 @@ def _first_running(watch, step, deadline_s=240) -> str:
     raise TimeoutError(f"no {step} container started within {deadline_s} s")
 
 
-def test_a_runner_killed_in_its_container_is_retried(
-    docker_airflow, docker_good_run, watch, shared
-):
+def test_a_runner_killed_in_its_container_is_retried(docker_airflow, watch, shared):
     run_id = docker_airflow.trigger(
         {"datasets": [str(shared / "data" / "small_d" / "small_d.h5ad")], "models": ["geneformer"]}
     )
@@ -255,7 +253,7 @@ def test_a_runner_killed_in_its_container_is_retried(
 
 
 def test_marking_an_embed_task_failed_stops_and_removes_its_container(
-    docker_airflow, docker_good_run, watch, shared
+    docker_airflow, watch, shared
 ):
     run_id = docker_airflow.trigger(
         {"datasets": [str(shared / "data" / "small_c" / "small_c.h5ad")], "models": ["geneformer"]}
