@@ -16,8 +16,13 @@ os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="helical-wf-airflow-home-")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # The DAG reads datasets and writes outputs only under allowed roots
 # (helical_workflow.inputs): here pytest's temp folders and the made-up buckets.
-os.environ.setdefault("HELICAL_DATASET_ROOTS", f"{tempfile.gettempdir()},s3://lake/,s3://datasets/")
-os.environ.setdefault("HELICAL_OUTPUT_ROOTS", f"{tempfile.gettempdir()},s3://out/,s3://outputs/")
+# /var/tmp: the Docker end-to-end test keeps its data where the runner container may read it
+os.environ.setdefault(
+    "HELICAL_DATASET_ROOTS", f"{tempfile.gettempdir()},/var/tmp,s3://lake/,s3://datasets/"
+)
+os.environ.setdefault(
+    "HELICAL_OUTPUT_ROOTS", f"{tempfile.gettempdir()},/var/tmp,s3://out/,s3://outputs/"
+)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
 
