@@ -337,10 +337,15 @@ def test_jobs_hand_each_step_what_it_needs_without_reparsing_paths():
 
 
 def test_ls_jobs_only_for_s3_prefixes_and_listing_feeds_expand():
-    listed = jobs.ls_jobs(["/local/dir", "s3://b/p/", "s3://b/x.h5ad", "s3://b/p/"])
-    assert [j["runner_args"] for j in listed] == [["ls", "s3://b/p/"]]
-    found = jobs.listed_prefixes([{"datasets": {"s3://b/p/": ["s3://b/p/a.h5ad"]}}, None])
-    assert inputs.expand_datasets(["s3://b/p/"], list_s3=found.__getitem__) == ["s3://b/p/a.h5ad"]
+    listed = jobs.ls_jobs(["/tmp/dir", "s3://lake/p/", "s3://lake/x.h5ad", "s3://lake/p/"])
+    assert [j["runner_args"] for j in listed] == [["ls", "s3://lake/p/"]]
+    found = jobs.listed_prefixes([{"datasets": {"s3://lake/p/": ["s3://lake/p/a.h5ad"]}}, None])
+    assert inputs.expand_datasets(["s3://lake/p/"], list_s3=found.__getitem__) == [
+        "s3://lake/p/a.h5ad"
+    ]
+    # a prefix outside the allowed roots is refused before the runner lists anything
+    with pytest.raises(inputs.InputError, match="outside the allowed roots"):
+        jobs.ls_jobs(["s3://other-team/p/"])
 
 
 def test_models_are_checked_before_any_work():
