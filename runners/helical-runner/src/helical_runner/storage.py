@@ -83,7 +83,7 @@ def s3_client():
 
         endpoint = os.environ.get(S3_ENDPOINT_ENV) or None
         try:
-            _S3_CLIENT = boto3.client(
+            _S3_CLIENT = boto3.session.Session().client(
                 "s3",
                 endpoint_url=endpoint,
                 config=Config(retries={"max_attempts": 5, "mode": "standard"}),
@@ -347,6 +347,7 @@ class LocalInput:
         stamp.unlink(missing_ok=True)
         with atomic_local_file(dest, private=True) as tmp, s3_errors(self.loc.uri):
             s3_client().download_file(self.loc.bucket, self.loc.key, str(tmp))
+            os.chmod(tmp, 0o600)  # boto3 writes a new file of its own
         if dest.stat().st_size != remote["size"]:
             raise Transient("downloaded input has the wrong size", where=self.loc.uri, reason="io")
         with atomic_local_file(stamp, private=True) as tmp:

@@ -304,8 +304,10 @@ def demo_overrides(n_genes: int) -> dict[str, dict]:
             "d_hid": 64,
             "n_layers": 1,
             "output_dim": 32,
-            "sample_size": 48,
-            "pad_length": 64,
+            # a cell sentence holds sample_size genes plus two tokens per chromosome
+            # (up to 26 with real positions): pad_length must leave room for both
+            "sample_size": 32,
+            "pad_length": 96,
             "CHROM_TOKEN_OFFSET": 4 + n_genes,
         },
     }
