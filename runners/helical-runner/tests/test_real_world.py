@@ -194,6 +194,9 @@ def _shapes(adata: ad.AnnData, root: Path) -> dict[str, Path]:
     ad.AnnData(X=counts.tocsc(), obs=obs, var=versioned).write_h5ad(
         paths.setdefault("gzip-csc", root / "gzip-csc.h5ad"), compression="gzip"
     )
+    # Zarr: the other format scverse and the Census tooling write
+    dense = ad.AnnData(X=counts.toarray(), obs=obs, var=pd.DataFrame(index=symbols))
+    dense.write_zarr(paths.setdefault("zarr", root / "dense.zarr"))
     return paths
 
 
@@ -214,17 +217,25 @@ def test_shapes_are_detected_and_reported(shapes, bundle):
     assert any("carry versions" in n for n in gz["notes"])
 
 
-@pytest.mark.parametrize("shape", ["cellxgene", "gzip-csc"])
-def test_shapes_embed_like_plain_csr(shape, shapes, bundle, tmp_path, untouched):
+@pytest.fixture(scope="session")
+def plain_embedding(shapes, bundle, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plain") / "plain.h5ad"
+    assert run("embed", "--input", shapes["plain"], "--model", "scgpt", "--model-store", bundle,
+               "--output", out) == 0  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("shape", ["cellxgene", "gzip-csc", "zarr"])
+def test_shapes_embed_like_plain_csr(shape, shapes, plain_embedding, bundle, tmp_path, untouched):
     """Same cells, other layout: the very same embeddings, obs kept."""
-    outs = {}
-    for name in ("plain", shape):
-        src = untouched(shapes[name])
-        outs[name] = tmp_path / f"{name}.h5ad"
-        assert run("embed", "--input", src, "--model", "scgpt", "--model-store", bundle,
-                   "--output", outs[name]) == 0  # fmt: skip
-    a, ea, _ = embedded(outs["plain"])
-    b, eb, _ = embedded(outs[shape])
+    src = shapes[shape]
+    before = storage.sha256_file(src)
+    out = tmp_path / "out.h5ad"
+    assert run("embed", "--input", src, "--model", "scgpt", "--model-store", bundle,
+               "--output", out) == 0  # fmt: skip
+    assert storage.sha256_file(src) == before
+    a, ea, _ = embedded(plain_embedding)
+    b, eb, _ = embedded(out)
     assert list(a.obs_names) == list(b.obs_names)
     assert list(b.obs["donor"]) == list(a.obs["donor"])
     np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
@@ -515,3 +526,20 @@ def test_rows_read_through_anndata_match_h5py_and_scanpy(real):
         assert list(h5.obs_names[:5]) == [n.decode() for n in fh["obs/_index"][:5]]
         m = h5.counts_matrix()
         assert (m.rows(0, 10) != sp.csr_matrix(real["tenx_adata"].X[:10])).nnz == 0
+
+
+def test_zarr_store_on_s3(moto_s3, shapes, bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("HELICAL_RUNNER_CACHE", str(tmp_path / "cache"))
+    client = storage.s3_client()
+    client.create_bucket(Bucket="zarr-data")
+    root = shapes["zarr"]
+    for file in root.rglob("*"):
+        if file.is_file():
+            client.upload_file(str(file), "zarr-data", f"atlas/dense.zarr/{file.relative_to(root)}")
+    uri = "s3://zarr-data/atlas/dense.zarr"
+    code, report = validate_json(uri, "scgpt", bundle)  # a subprocess: sees moto's settings
+    assert code == 0, report
+    assert (report["counts_location"], report["matrix_format"]) == ("X", "dense")
+    local = storage.LocalInput(uri).path()
+    assert local.is_dir() and local.stat().st_mode & 0o777 == 0o700
+    assert storage.sha256_file(local) == storage.sha256_file(root)

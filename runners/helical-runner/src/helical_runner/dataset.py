@@ -1,4 +1,4 @@
-"""Streaming, read-only access to ``.h5ad`` files of any size, through anndata's readers.
+"""Streaming, read-only access to ``.h5ad`` files and Zarr stores of any size, through anndata's readers.
 
 Annotations (obs, var, raw.var) are read with anndata's element API
 (:func:`anndata.io.read_elem`), so every encoding anndata reads opens the same
@@ -123,7 +123,7 @@ def _matrix(node, where: str) -> Matrix:
     """A Matrix over an HDF5 node written by any anndata release."""
     from anndata.io import sparse_dataset
 
-    if isinstance(node, h5py.Dataset):
+    if _is_array(node):
         if node.ndim != 2:
             raise BadInput(f"{where} is not a 2-D matrix (shape {node.shape})")
         return Matrix(where, "dense", tuple(int(x) for x in node.shape), dense=node)
@@ -142,6 +142,30 @@ def _matrix(node, where: str) -> Matrix:
         raise BadInput(f"{where} is not a readable sparse matrix ({exc})") from exc
     shape = tuple(int(x) for x in backed.shape)
     return Matrix(where, enc[:3], shape, sparse=backed)
+
+
+def _is_array(node) -> bool:
+    if isinstance(node, h5py.Dataset):
+        return True
+    import zarr
+
+    return isinstance(node, zarr.Array)
+
+
+def is_zarr(path: Path) -> bool:
+    """A Zarr store (a folder) rather than an HDF5 file."""
+    return Path(path).is_dir()
+
+
+def _open_zarr(path: Path, uri: str):
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise BadInput(
+            f"not a readable Zarr store ({type(exc).__name__}: {exc})", where=uri
+        ) from exc
 
 
 def _legacy_sparse_format(node) -> str:
@@ -187,7 +211,11 @@ class H5AD:
     def __init__(self, path: Path, *, uri: str | None = None):
         self.path = Path(path)
         self.uri = uri or str(path)
-        self.file = open_hdf5(self.path, self.uri)
+        self.file = (
+            _open_zarr(self.path, self.uri)
+            if is_zarr(self.path)
+            else open_hdf5(self.path, self.uri)
+        )
         self._legacy = None  # AnnData opened backed, for files in pre-0.7 layouts
         self._counts: Matrix | None = None
         self._rejected: list[str] = []
@@ -223,7 +251,7 @@ class H5AD:
         if self._legacy is not None:
             self._legacy.file.close()
             self._legacy = None
-        elif self.file:
+        elif isinstance(self.file, h5py.File) and self.file:
             self.file.close()
 
     def __enter__(self) -> H5AD:
@@ -257,7 +285,7 @@ class H5AD:
         key = self._index_key(group)
         if key not in group:
             raise BadInput("obs has no index", where=self.uri)
-        return pd.Index(np.asarray(self._read(f"obs/{key}")).astype(str))
+        return pd.Index(np.asarray(self._read(f"obs/{key}")).astype(object)).astype(str)
 
     def _n_genes(self) -> int:
         if self._legacy is not None:

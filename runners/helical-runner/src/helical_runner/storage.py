@@ -270,10 +270,17 @@ def atomic_local_file(path: Path, *, private: bool = False) -> Iterator[Path]:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file, or of a folder (a Zarr store): every file's relative path and bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
+    files = (
+        sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [path]
+    )
+    for file in files:
+        if file != path:
+            digest.update(str(Path(file).relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            while block := fh.read(HASH_BLOCK):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -327,15 +334,19 @@ class LocalInput:
 
     def path(self) -> Path:
         if not self.loc.is_s3:
+            if self.loc.path.is_dir() and self.loc.uri.rstrip("/").endswith(".zarr"):
+                return self.loc.path
             if not self.loc.path.is_file():
                 raise BadInput("input file not found", where=self.loc.uri)
             return self.loc.path
-        with s3_errors(self.loc.uri):
-            head = s3_client().head_object(Bucket=self.loc.bucket, Key=self.loc.key)
-        remote = {"size": int(head["ContentLength"]), "etag": head.get("ETag", "")}
         folder = private_folder(private_folder(self.cache_dir) / "inputs")
         key_hash = hashlib.sha256(self.loc.uri.encode()).hexdigest()[:16]
         dest = folder / f"{key_hash}-{self.loc.name}"
+        if self.loc.key.rstrip("/").endswith(".zarr"):
+            return self._zarr_store(dest)
+        with s3_errors(self.loc.uri):
+            head = s3_client().head_object(Bucket=self.loc.bucket, Key=self.loc.key)
+        remote = {"size": int(head["ContentLength"]), "etag": head.get("ETag", "")}
         stamp = dest.with_name(dest.name + ".source.json")
         if dest.is_file() and stamp.is_file():
             try:
@@ -352,4 +363,54 @@ class LocalInput:
             raise Transient("downloaded input has the wrong size", where=self.loc.uri, reason="io")
         with atomic_local_file(stamp, private=True) as tmp:
             tmp.write_text(json.dumps({**remote, "uri": self.loc.uri}))
+        return dest
+
+    def _zarr_store(self, dest: Path) -> Path:
+        """A Zarr store under an S3 prefix, copied whole; reused while every object's
+        size and ETag are unchanged."""
+        prefix = self.loc.key.rstrip("/") + "/"
+        remote: dict[str, list] = {}
+        with s3_errors(self.loc.uri):
+            for page in (
+                s3_client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.loc.bucket, Prefix=prefix)
+            ):
+                for obj in page.get("Contents", []):
+                    remote[obj["Key"][len(prefix) :]] = [int(obj["Size"]), obj.get("ETag", "")]
+        if not remote:
+            raise BadInput(
+                "no such S3 Zarr store (no objects under the prefix)", where=self.loc.uri
+            )
+        stamp = dest.with_name(dest.name + ".source.json")
+        if dest.is_dir() and stamp.is_file():
+            try:
+                known = json.loads(stamp.read_text())
+            except ValueError:
+                known = {}
+            if known == {"uri": self.loc.uri, "objects": remote}:
+                return dest
+        stamp.unlink(missing_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            for rel, (size, _) in remote.items():
+                target = tmp / rel
+                if ".." in Path(rel).parts:
+                    raise BadInput(
+                        f"unsafe object name in the Zarr store: '{rel}'", where=self.loc.uri
+                    )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with s3_errors(self.loc.uri):
+                    s3_client().download_file(self.loc.bucket, prefix + rel, str(target))
+                os.chmod(target, 0o600)
+                if target.stat().st_size != size:
+                    raise Transient(
+                        "downloaded object has the wrong size", where=self.loc.uri, reason="io"
+                    )
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_local_file(stamp, private=True) as out:
+            out.write_text(json.dumps({"uri": self.loc.uri, "objects": remote}))
         return dest
