@@ -56,6 +56,10 @@ def main() -> None:
         "CACHE_DIR_HELICAL_PREFIX": str(work / "home"),
         "HELICAL_RUNNER_LOG_FORMAT": "json",
     }
+    # the demo bundle's real vocabularies (scripts/bootstrap.sh runner fetches them)
+    sources = Path(__file__).resolve().parents[1] / ".cache" / "runner-data"
+    if sources.is_dir():
+        env.setdefault("HELICAL_RUNNER_GENE_SOURCES", str(sources))
     subprocess.run(
         [*RUNNER, "models", "demo-bundle", "--to", str(work / "store")],
         env=env,
@@ -64,7 +68,13 @@ def main() -> None:
     )
     env["HELICAL_RUNNER_MODEL_STORE"] = str(work / "store")
 
-    result: dict = {"model": args.model, "genes": args.genes, "embed": {}}
+    vocabularies = json.loads((work / "store" / "store.json").read_text()).get("vocabularies")
+    result: dict = {
+        "model": args.model,
+        "genes": args.genes,
+        "vocabularies": vocabularies,
+        "embed": {},
+    }
     for cells in (args.small, args.large):
         data = work / f"cells-{cells}.h5ad"
         if not data.exists():

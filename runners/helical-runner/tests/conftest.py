@@ -20,10 +20,17 @@ import pytest
 from helical_runner import cli, store
 from helical_runner.demo_data import write_demo_dataset
 
+# Real vocabularies and datasets fetched by `scripts/bootstrap.sh runner` (runner_data).
+RUNNER_DATA = Path(__file__).resolve().parents[3] / ".cache" / "runner-data"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """helical's cache and the runner's input cache live in the test session's tmp dir."""
+    assert (RUNNER_DATA / ".stamp").is_file(), (
+        f"{RUNNER_DATA} is missing: run scripts/bootstrap.sh runner (fetches real vocabularies and datasets)"
+    )
+    os.environ[store.GENE_SOURCES_ENV] = str(RUNNER_DATA)
     root = tmp_path_factory.mktemp("helical-home")
     os.environ["CACHE_DIR_HELICAL_PREFIX"] = str(root)
     os.environ["HELICAL_RUNNER_CACHE"] = str(root / "runner-cache")

@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-store", help="model store folder or s3:// prefix (env HELICAL_RUNNER_MODEL_STORE)"
     )
-    p.add_argument("--input-sha256", help="known sha256 of the input (skips hashing it again)")
+    p.add_argument(
+        "--input-sha256",
+        help="sha256 the input must have (from validate --json); a changed input is refused",
+    )
     p.add_argument(
         "--pushgateway", help="Prometheus Pushgateway URL (env HELICAL_RUNNER_PUSHGATEWAY)"
     )
@@ -222,7 +225,7 @@ def cmd_validate(args) -> int:
     if args.json:
         payload = report.to_json()
         if report.ok:
-            # lets the orchestrator hand it to every shard (--input-sha256) instead of rehashing
+            # each shard checks the input it reads is the one validated (--input-sha256)
             payload["sha256"] = sha256_file(local)
         # one line: batch systems (DockerOperator's XCom) keep the last line of stdout
         print(json.dumps(payload))
@@ -426,11 +429,15 @@ def main(argv: list[str] | None = None) -> int:
         print("helical-runner: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        LOG.exception("internal error")
-        print(
-            f"helical-runner: internal error: {type(exc).__name__}: {exc}".split("\n")[0],
-            file=sys.stderr,
-        )
+        LOG.exception("internal error", extra={"command": args.command})
+        if logs.json_mode():
+            where = "full traceback in the JSON log line 'internal error' above (field 'traceback')"
+        elif args.verbose:
+            where = "full traceback above"
+        else:
+            where = "rerun with -v for the full traceback"
+        first = f"{type(exc).__name__}: {exc}".split("\n")[0]
+        print(f"helical-runner: internal error (a bug): {first} ({where})", file=sys.stderr)
         return EXIT_BUG
 
 

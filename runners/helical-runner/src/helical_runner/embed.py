@@ -25,12 +25,13 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from . import __version__, logs, metrics, output, profiles, storage, store
 from .adapters import Adapter, adapter_class
 from .dataset import H5AD, iter_chunks
 from .errors import BadInput, RunnerError, Transient
-from .validation import validate
+from .validation import EMPTY_FLAG, validate
 
 LOG = logging.getLogger("helical_runner.embed")
 MANIFEST_SUFFIX = ".manifest.json"
@@ -178,19 +179,65 @@ class Parts:
             shutil.rmtree(self.local, ignore_errors=True)
 
 
-def build_chunk(rows, obs_names: pd.Index, resolved: np.ndarray, adapter: Adapter) -> ad.AnnData:
-    """The in-memory AnnData helical sees for one chunk: raw counts, model identifiers in var."""
+def gene_layout(
+    resolved: np.ndarray, adapter: Adapter
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """How dataset columns become the genes helical sees, identically for every model.
+
+    Returns (columns x genes 0/1 matrix that sums columns sharing an identifier,
+    the genes' names, which genes are in the model's vocabulary).
+    """
     if adapter.gene_id == "ensembl":
         # Keep every gene, as helical would see the whole dataset: per-cell totals
         # (Geneformer's normalisation) must not depend on which genes map.
         names = np.where(resolved != "", resolved, [f"unmapped-{i}" for i in range(len(resolved))])
-        X = rows
     else:
-        keep = np.flatnonzero(resolved != "")
-        names = resolved[keep]
-        X = rows[:, keep]
+        names = resolved
+    keep = np.flatnonzero(names != "")
+    unique, target = np.unique(names[keep].astype(str), return_inverse=True)
+    combine = sp.csr_matrix(
+        (np.ones(len(keep), dtype=np.float32), (keep, target)), shape=(len(names), len(unique))
+    )
+    in_vocabulary = (
+        ~pd.Index(unique).str.startswith("unmapped-") if len(unique) else np.zeros(0, bool)
+    )
+    return combine, unique, np.asarray(in_vocabulary, dtype=bool)
+
+
+def build_chunk(rows, obs_names: pd.Index, layout) -> tuple[ad.AnnData, np.ndarray]:
+    """The in-memory AnnData helical sees for one chunk (raw counts, model identifiers in var),
+    restricted to cells with counts in the model's genes; and the mask of those cells."""
+    combine, names, in_vocabulary = layout
+    X = sp.csr_matrix(rows @ combine)
+    has_counts = np.asarray(X[:, np.flatnonzero(in_vocabulary)].sum(axis=1)).ravel() > 0
     var = pd.DataFrame(index=pd.Index(names.astype(str)))
-    return ad.AnnData(X=X, obs=pd.DataFrame(index=obs_names), var=var)
+    chunk = ad.AnnData(X=X[has_counts], obs=pd.DataFrame(index=obs_names[has_counts]), var=var)
+    return chunk, has_counts
+
+
+def check_output_location(out: storage.Location, source: storage.Location) -> None:
+    """Refuse, before anything is loaded or written, outputs that would destroy the input
+    or that cannot be written (an existing folder, an unwritable folder)."""
+    written = [out, out.with_suffix(MANIFEST_SUFFIX), out.with_suffix(PARTIAL_SUFFIX)]
+    if source.is_s3 or out.is_s3:
+        if any(
+            w.uri == source.uri or w.uri.startswith(source.uri.rstrip("/") + "/") for w in written
+        ):
+            raise BadInput("output would overwrite the input", where=out.uri)
+        return
+    src = os.path.realpath(source.uri)
+    for w in written:
+        real = os.path.realpath(w.uri)
+        if real == src or real.startswith(src.rstrip(os.sep) + os.sep):
+            raise BadInput(
+                f"output would overwrite the input ({w.uri} is {source.uri}); choose another --output",
+                where=out.uri,
+            )
+    if out.path.is_dir():
+        raise BadInput(
+            "output is an existing folder; give a file name such as out.h5ad", where=out.uri
+        )
+    storage.check_writable_folder(out.path.parent, what="output")
 
 
 def run_key(**parts) -> str:
@@ -216,6 +263,7 @@ def embed(req: EmbedRequest) -> dict:
     device = resolve_device(req.device)
     precision = effective_precision(profile.precision, device)
 
+    check_output_location(out, storage.parse(req.input))
     model_store = req.model_store or os.environ.get(store.STORE_ENV)
     probe = adapter_cls(profile, device=device, precision=precision)
     store_info, artifacts = prepare_model_cache(model_store, probe.artifact_files())
@@ -230,7 +278,13 @@ def embed(req: EmbedRequest) -> dict:
     source = storage.LocalInput(req.input)
     t_read = time.perf_counter()
     local_path = source.path()
-    input_sha = req.input_sha256 or storage.sha256_file(local_path)
+    input_sha = storage.sha256_file(local_path)
+    if req.input_sha256 and req.input_sha256.lower() != input_sha:
+        raise BadInput(
+            f"input does not match --input-sha256 (expected {req.input_sha256[:12]}..., "
+            f"found {input_sha[:12]}...): it changed since it was validated",
+            where=req.input,
+        )
     hash_s = time.perf_counter() - t_read
 
     with H5AD(local_path, uri=req.input) as h5:
@@ -296,13 +350,24 @@ def embed(req: EmbedRequest) -> dict:
                 adapter.load()
                 run.add_time("load_s", time.perf_counter() - t)
                 dim = _embed_chunks(
-                    h5, counts, resolved, adapter, todo, parts, run, stop - start, req.progress
+                    h5,
+                    counts,
+                    gene_layout(resolved, adapter),
+                    adapter,
+                    todo,
+                    parts,
+                    run,
+                    stop - start,
+                    req.progress,
                 )
 
             obs = h5.obs().iloc[start:stop]
             obs.index = obs.index.astype(str)
+            empty = np.zeros(stop - start, dtype=bool)
+            empty[report.empty_rows] = True
+            obs[EMPTY_FLAG] = empty
             if dim is None:
-                dim = parts.load(*chunks[0]).shape[1]
+                dim = next(w for w in (parts.load(*c).shape[1] for c in chunks) if w)
             manifest = {
                 "run_key": key,
                 "outcome": "success",
@@ -318,6 +383,8 @@ def embed(req: EmbedRequest) -> dict:
                 "matrix_format": report.matrix_format,
                 "genes_mapped": report.genes_mapped,
                 "genes_mapped_fraction": report.genes_mapped_fraction,
+                "duplicate_genes_summed": report.duplicate_genes,
+                "cells_without_counts": report.cells_without_counts,
                 "gene_id_source": report.gene_id_source,
                 "model": {
                     "name": adapter.name,
@@ -380,7 +447,7 @@ def _quantile(values: list[float], q: float) -> float | None:
     return round(float(np.quantile(values, q)), 5) if values else None
 
 
-def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_bar) -> int:
+def _embed_chunks(h5, counts, layout, adapter, todo, parts, run, total, show_bar) -> int | None:
     bar = None
     if show_bar and not logs.json_mode() and sys.stderr.isatty():
         from tqdm import tqdm
@@ -392,10 +459,10 @@ def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_b
     for lo, hi in todo:
         t = time.perf_counter()
         rows = counts.rows(lo, hi)
-        chunk = build_chunk(rows, h5.obs_names[lo:hi], resolved, adapter)
+        chunk, has_counts = build_chunk(rows, h5.obs_names[lo:hi], layout)
         run.add_time("read_s", time.perf_counter() - t)
         try:
-            embeddings = adapter.embed(chunk)
+            embeddings = adapter.embed(chunk) if has_counts.any() else None
         except RunnerError:
             raise
         except MemoryError as exc:
@@ -410,13 +477,19 @@ def _embed_chunks(h5, counts, resolved, adapter, todo, parts, run, total, show_b
                     reason="oom",
                 ) from exc
             raise
-        if embeddings.shape[0] != hi - lo:
-            raise RunnerError(
-                f"model returned {embeddings.shape[0]} embeddings for {hi - lo} cells",
-                where=f"cells {lo}:{hi}",
-            )
+        if embeddings is None:
+            embeddings = np.zeros((hi - lo, 0), dtype=np.float32)  # widened when written
+        else:
+            if embeddings.shape[0] != int(has_counts.sum()):
+                raise RunnerError(
+                    f"model returned {embeddings.shape[0]} embeddings for {int(has_counts.sum())} cells",
+                    where=f"cells {lo}:{hi}",
+                )
+            full = np.zeros((hi - lo, embeddings.shape[1]), dtype=np.float32)
+            full[has_counts] = embeddings
+            embeddings = full
         parts.save(lo, hi, embeddings)
-        dim = embeddings.shape[1]
+        dim = max(dim or 0, embeddings.shape[1]) or None
         run.cells_done += hi - lo
         run.cells_this_run += hi - lo
         run.timings["preprocess_s"] = adapter.preprocess_s
@@ -442,7 +515,11 @@ def _write_output(out, obs, chunks, parts, dim, model, manifest, workdir) -> Non
     """Assemble parts into the final file; it appears at ``out`` whole or not at all."""
 
     def write(path: Path) -> None:
-        blocks = (parts.load(lo, hi) for lo, hi in chunks)
+        # chunks whose cells all lacked counts were saved zero-width
+        blocks = (
+            part if part.shape[1] else np.zeros((hi - lo, dim), dtype=np.float32)
+            for (lo, hi), part in ((c, parts.load(*c)) for c in chunks)
+        )
         output.write_embeddings(
             path,
             obs=obs,

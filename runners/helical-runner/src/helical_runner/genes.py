@@ -26,30 +26,43 @@ def strip_version(ids: pd.Series) -> pd.Series:
     return ids.str.replace(r"\.\d+$", "", regex=True)
 
 
-def ensembl_fraction(values: pd.Series) -> float:
-    if len(values) == 0:
-        return 0.0
-    return float(values.astype(str).str.match(ENSEMBL_RE).mean())
+# Ensembl gene id prefixes of common non-human species (for a plain message).
+ENSEMBL_SPECIES = {
+    "ENSMUS": "mouse",
+    "ENSRNO": "rat",
+    "ENSDAR": "zebrafish",
+    "ENSMMU": "macaque",
+    "ENSMFA": "macaque",
+    "ENSGAL": "chicken",
+    "ENSSSC": "pig",
+    "ENSBTA": "cow",
+}
 
 
 @dataclass
 class GeneIds:
-    """The identifiers found in a dataset's var."""
+    """The identifiers found in a dataset's var (NaN where a row has none of that kind)."""
 
     ensembl: pd.Series | None  # version-stripped, aligned with var rows
     symbols: pd.Series | None  # as written in the dataset, aligned with var rows
     ensembl_source: str | None
     symbol_source: str | None
+    versioned: bool = False
 
     @property
     def kind(self) -> str:
         if self.ensembl is not None and self.symbols is not None:
-            return "ensembl+symbol"
+            mixed = self.ensembl_source == self.symbol_source
+            return "mixed ensembl/symbol" if mixed else "ensembl+symbol"
         return "ensembl" if self.ensembl is not None else "symbol"
 
 
 def find_ids(var: pd.DataFrame) -> GeneIds:
-    """Locate Ensembl ids and symbols among var's index and usual columns."""
+    """Locate Ensembl ids and symbols among var's index and usual columns.
+
+    A source holding both kinds (an index of Ensembl ids where a few rows are
+    symbols) provides each row's identifier of the kind it has.
+    """
     sources: list[tuple[str, pd.Series]] = [
         ("var index", pd.Series(var.index.astype(str), dtype=object))
     ]
@@ -58,20 +71,23 @@ def find_ids(var: pd.DataFrame) -> GeneIds:
             sources.append((f"var['{col}']", var[col].astype(str).reset_index(drop=True)))
     ensembl = symbols = None
     ensembl_source = symbol_source = None
+    versioned = False
     for name, values in sources:
-        frac = ensembl_fraction(values)
-        if frac >= 0.5 and ensembl is None:
-            ensembl, ensembl_source = strip_version(values.str.upper()), name
-        elif (
-            frac < 0.5
-            and symbols is None
-            and values.str.len().gt(0).mean() > 0.5
-            and not _numeric(values)
-        ):
-            symbols, symbol_source = values.str.strip(), name
+        values = values.str.strip()
+        is_ensembl = values.str.match(ENSEMBL_RE)
+        frac = float(is_ensembl.mean()) if len(values) else 0.0
+        usable = values.str.len().gt(0).mean() > 0.5 and not _numeric(values)
+        if frac > 0 and ensembl is None and (frac >= 0.5 or usable):
+            upper = values.str.upper()
+            versioned = bool(upper[is_ensembl].str.contains(r"\.\d+$").any())
+            ensembl = strip_version(upper).where(is_ensembl)
+            ensembl_source = name
+        if frac < 1 and symbols is None and usable:
+            symbols = values.where(~is_ensembl & values.str.len().gt(0))
+            symbol_source = name
     if ensembl is None and symbols is None:
         raise BadInput("no gene identifiers found in var (need Ensembl ids or gene symbols)")
-    return GeneIds(ensembl, symbols, ensembl_source, symbol_source)
+    return GeneIds(ensembl, symbols, ensembl_source, symbol_source, versioned)
 
 
 def _numeric(values: pd.Series) -> bool:
@@ -94,26 +110,35 @@ def load_gene_table(cache: Path) -> pd.DataFrame | None:
 def model_identifiers(
     ids: GeneIds, want: str, table: pd.DataFrame | None
 ) -> tuple[np.ndarray, str]:
-    """One identifier per gene in the kind the model wants ('' where none), and how it was got."""
+    """One identifier per gene in the kind the model wants ('' where none), and how it was got.
+
+    Rows that lack the wanted kind are translated from the other kind through
+    the model store's gene table, when it has one.
+    """
     have = ids.ensembl if want == "ensembl" else ids.symbols
-    if have is not None:
-        source = ids.ensembl_source if want == "ensembl" else ids.symbol_source
-        return have.fillna("").to_numpy(dtype=object), source
     other = ids.symbols if want == "ensembl" else ids.ensembl
-    if table is None:
+    source = ids.ensembl_source if want == "ensembl" else ids.symbol_source
+    if have is None and table is None:
         raise BadInput(
             f"the model needs {'Ensembl ids' if want == 'ensembl' else 'gene symbols'} and the model "
             "store has no gene table to translate the dataset's identifiers"
         )
-    if want == "ensembl":
-        # a symbol may name several ids: keep the first, as Ensembl's canonical order does
-        keys = table["gene_name"].str.upper()
-        lookup = table.assign(key=keys).drop_duplicates("key").set_index("key")["ensembl_id"]
-        mapped = other.str.upper().map(lookup)
-    else:
-        lookup = table.drop_duplicates("ensembl_id").set_index("ensembl_id")["gene_name"]
-        mapped = other.map(lookup)
-    return mapped.fillna("").to_numpy(dtype=object), "gene table"
+    n = len(other if have is None else have)
+    result = pd.Series([np.nan] * n, dtype=object) if have is None else have.copy()
+    missing = result.isna()
+    if missing.any() and other is not None and table is not None:
+        if want == "ensembl":
+            # a symbol may name several ids: keep the first, as Ensembl's canonical order does
+            keys = table["gene_name"].str.upper()
+            lookup = table.assign(key=keys).drop_duplicates("key").set_index("key")["ensembl_id"]
+            translated = other[missing].str.upper().map(lookup)
+        else:
+            lookup = table.drop_duplicates("ensembl_id").set_index("ensembl_id")["gene_name"]
+            translated = other[missing].map(lookup)
+        if translated.notna().any():
+            result[missing] = translated
+            source = "gene table" if have is None else f"{source} + gene table"
+    return result.fillna("").to_numpy(dtype=object), source
 
 
 def to_vocabulary(identifiers: np.ndarray, vocabulary: set[str]) -> np.ndarray:

@@ -37,7 +37,9 @@ class JsonFormatter(logging.Formatter):
             {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
         )
         if record.exc_info and record.levelno >= logging.ERROR:
-            payload["exc"] = self.formatException(record.exc_info).splitlines()[-1]
+            trace = self.formatException(record.exc_info)
+            payload["exc"] = trace.splitlines()[-1]
+            payload["traceback"] = trace
         return json.dumps(payload, default=str)
 
 
@@ -47,7 +49,14 @@ class TextFormatter(logging.Formatter):
             k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
         }
         tail = " ".join(f"{k}={v}" for k, v in extras.items())
-        return f"[{record.levelname.lower()}] {record.getMessage()}" + (f"  {tail}" if tail else "")
+        text = f"[{record.levelname.lower()}] {record.getMessage()}" + (f"  {tail}" if tail else "")
+        if record.exc_info and self.with_traceback:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+    def __init__(self, *, with_traceback: bool = False):
+        super().__init__()
+        self.with_traceback = with_traceback
 
 
 def configure(verbose: bool = False) -> None:
@@ -57,7 +66,7 @@ def configure(verbose: bool = False) -> None:
     with contextlib.suppress(ImportError):
         import helical  # noqa: F401
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_mode() else TextFormatter())
+    handler.setFormatter(JsonFormatter() if json_mode() else TextFormatter(with_traceback=verbose))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -46,6 +46,7 @@ def merged_manifest(shards: list[dict], out: storage.Location, cells: int) -> di
             for m in shards
         ],
         "timings": timings,
+        "cells_without_counts": sum(m.get("cells_without_counts") or 0 for m in shards),
         "cells_per_second": round(cells / compute, 3) if compute else None,
         "peak_rss_bytes": max(m.get("peak_rss_bytes", 0) for m in shards),
         "peak_gpu_memory_bytes": max(m.get("peak_gpu_memory_bytes", 0) for m in shards),

@@ -22,6 +22,7 @@ from . import storage
 from .dataset import H5AD, iter_chunks
 from .embed import MANIFEST_SUFFIX
 from .errors import BadInput
+from .validation import EMPTY_FLAG
 
 LOG = logging.getLogger(__name__)
 K_NEIGHBORS = 15
@@ -136,9 +137,15 @@ def build_report(
 ) -> Path:
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = [_load_embedding(uri) for uri in embeddings]
+    # cells without counts got all-zero embeddings (flagged): nothing to evaluate there
+    flagged = pd.Index([]).append([f for _, _, _, f in loaded]).unique()
     with H5AD(storage.LocalInput(dataset).path(), uri=dataset) as h5:
         obs = h5.obs()
-        rows = _subsample(h5.n_cells, max_cells)
+        usable = np.flatnonzero(~h5.obs_names.isin(flagged))
+        if len(usable) == 0:
+            raise BadInput("no cell of the dataset has counts to evaluate", where=dataset)
+        rows = usable[_subsample(len(usable), max_cells)]
         labels = None
         if label_key in obs.columns:
             labels = obs[label_key].astype(str).to_numpy()[rows]
@@ -150,9 +157,14 @@ def build_report(
         embs: dict[str, np.ndarray] = {"pca_baseline": pca_baseline(_counts_rows(h5, rows))}
         cell_names = h5.obs_names[rows]
     manifests = {}
-    for uri in embeddings:
-        emb, name, manifest = _load_embedding(uri, cell_names)
-        embs[name] = emb
+    for uri, (frame, name, manifest, _) in zip(embeddings, loaded, strict=True):
+        missing = cell_names.difference(frame.index)
+        if len(missing):
+            raise BadInput(
+                f"embedding lacks {len(missing)} cells of the dataset, e.g. '{missing[0]}'",
+                where=uri,
+            )
+        embs[name] = frame.loc[cell_names].to_numpy(dtype=np.float32)
         manifests[name] = manifest
 
     results: dict[str, dict] = {}
@@ -171,6 +183,7 @@ def build_report(
         "dataset": dataset,
         "label_key": label_key if labels is not None else None,
         "cells_evaluated": len(rows),
+        "cells_without_counts_excluded": len(flagged),
         "demo_weights": demo,
         "results": results,
         "seconds": round(time.perf_counter() - started, 2),
@@ -181,7 +194,8 @@ def build_report(
     return page
 
 
-def _load_embedding(uri: str, cell_names: pd.Index) -> tuple[np.ndarray, str, dict]:
+def _load_embedding(uri: str) -> tuple[pd.DataFrame, str, dict, pd.Index]:
+    """(embeddings by cell name, model name, manifest, cells flagged as without counts)."""
     import anndata as ad
 
     loc = storage.parse(uri)
@@ -190,15 +204,12 @@ def _load_embedding(uri: str, cell_names: pd.Index) -> tuple[np.ndarray, str, di
     keys = [k for k in adata.obsm if k.startswith("X_")]
     if len(keys) != 1:
         raise BadInput(f"expected one X_<model> embedding, found {keys}", where=uri)
-    frame = pd.DataFrame(np.asarray(adata.obsm[keys[0]]), index=adata.obs_names.astype(str))
-    missing = cell_names.difference(frame.index)
-    if len(missing):
-        raise BadInput(
-            f"embedding lacks {len(missing)} cells of the dataset, e.g. '{missing[0]}'", where=uri
-        )
+    names = adata.obs_names.astype(str)
+    frame = pd.DataFrame(np.asarray(adata.obsm[keys[0]]), index=names)
+    flagged = names[adata.obs[EMPTY_FLAG].to_numpy(bool)] if EMPTY_FLAG in adata.obs else names[:0]
     manifest_loc = loc.with_suffix(MANIFEST_SUFFIX)
     manifest = storage.read_json(manifest_loc) if storage.exists(manifest_loc) else {}
-    return frame.loc[cell_names].to_numpy(dtype=np.float32), keys[0][2:], manifest
+    return frame, keys[0][2:], manifest, pd.Index(flagged)
 
 
 def _html(

@@ -81,21 +81,37 @@ def s3_client():
         import boto3
         from botocore.config import Config
 
-        _S3_CLIENT = boto3.client(
-            "s3",
-            endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-        )
+        endpoint = os.environ.get(S3_ENDPOINT_ENV) or None
+        try:
+            _S3_CLIENT = boto3.session.Session().client(
+                "s3",
+                endpoint_url=endpoint,
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            )
+        except ValueError as exc:
+            raise BadInput(
+                f"bad S3 endpoint URL in {S3_ENDPOINT_ENV} ({exc})", where=str(endpoint)
+            ) from exc
     return _S3_CLIENT
 
 
 @contextlib.contextmanager
 def s3_errors(uri: str) -> Iterator[None]:
     """Translate botocore failures into the runner's error classes."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
 
     try:
         yield
+    except (NoCredentialsError, PartialCredentialsError, NoRegionError) as exc:
+        raise BadInput(
+            f"S3 is not configured: {exc} (set AWS credentials/region or an IAM role)", where=uri
+        ) from exc
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}:
@@ -226,11 +242,23 @@ def write_json(loc: Location, payload: dict) -> None:
     write_bytes(loc, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def current_umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_local_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto ``path`` only on success."""
+def atomic_local_file(path: Path, *, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only on success.
+
+    The file gets the permissions any new file of the user gets (the umask),
+    as outputs are meant to be read by others; ``private`` keeps it 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if not private:
+        os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -242,11 +270,50 @@ def atomic_local_file(path: Path) -> Iterator[Path]:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file, or of a folder (a Zarr store): every file's relative path and bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
+    files = (
+        sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [path]
+    )
+    for file in files:
+        if file != path:
+            digest.update(str(Path(file).relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            while block := fh.read(HASH_BLOCK):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable_folder(folder: Path, *, what: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there (exit 2 if not)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise BadInput(f"{what} folder is not a folder", where=str(folder)) from exc
+    except PermissionError as exc:
+        raise BadInput(
+            f"{what} folder is not writable (permission denied)", where=str(folder)
+        ) from exc
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` as a folder only this user can enter (0700), refusing one another user owns."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if path.is_symlink() or st.st_uid != os.getuid():
+        raise BadInput("input cache folder is not owned by this user", where=str(path))
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def default_cache_dir() -> Path:
+    """The user's own cache (never the shared temp folder)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "helical-runner"
 
 
 class LocalInput:
@@ -254,24 +321,96 @@ class LocalInput:
 
     ``.h5ad`` files are opened backed through HDF5, which needs a seekable
     local file, so S3 inputs are streamed to ``cache_dir`` once and reused by
-    later chunks and shards.
+    later chunks and shards. The cache is private to the user (0700 folder,
+    0600 files) and a cached copy is reused only while its size and ETag
+    match the object's.
     """
 
     def __init__(self, uri: str, *, cache_dir: Path | None = None):
         self.loc = parse(uri)
         self.cache_dir = cache_dir or Path(
-            os.environ.get(
-                "HELICAL_RUNNER_CACHE", Path(tempfile.gettempdir()) / "helical-runner-cache"
-            )
+            os.environ.get("HELICAL_RUNNER_CACHE") or default_cache_dir()
         )
 
     def path(self) -> Path:
         if not self.loc.is_s3:
+            if self.loc.path.is_dir() and self.loc.uri.rstrip("/").endswith(".zarr"):
+                return self.loc.path
             if not self.loc.path.is_file():
                 raise BadInput("input file not found", where=self.loc.uri)
             return self.loc.path
+        folder = private_folder(private_folder(self.cache_dir) / "inputs")
         key_hash = hashlib.sha256(self.loc.uri.encode()).hexdigest()[:16]
-        dest = self.cache_dir / "inputs" / f"{key_hash}-{self.loc.name}"
-        if not dest.is_file():
-            get_file(self.loc, dest)
+        dest = folder / f"{key_hash}-{self.loc.name}"
+        if self.loc.key.rstrip("/").endswith(".zarr"):
+            return self._zarr_store(dest)
+        with s3_errors(self.loc.uri):
+            head = s3_client().head_object(Bucket=self.loc.bucket, Key=self.loc.key)
+        remote = {"size": int(head["ContentLength"]), "etag": head.get("ETag", "")}
+        stamp = dest.with_name(dest.name + ".source.json")
+        if dest.is_file() and stamp.is_file():
+            try:
+                known = json.loads(stamp.read_text())
+            except ValueError:
+                known = {}
+            if known == {**remote, "uri": self.loc.uri} and dest.stat().st_size == remote["size"]:
+                return dest
+        stamp.unlink(missing_ok=True)
+        with atomic_local_file(dest, private=True) as tmp, s3_errors(self.loc.uri):
+            s3_client().download_file(self.loc.bucket, self.loc.key, str(tmp))
+            os.chmod(tmp, 0o600)  # boto3 writes a new file of its own
+        if dest.stat().st_size != remote["size"]:
+            raise Transient("downloaded input has the wrong size", where=self.loc.uri, reason="io")
+        with atomic_local_file(stamp, private=True) as tmp:
+            tmp.write_text(json.dumps({**remote, "uri": self.loc.uri}))
+        return dest
+
+    def _zarr_store(self, dest: Path) -> Path:
+        """A Zarr store under an S3 prefix, copied whole; reused while every object's
+        size and ETag are unchanged."""
+        prefix = self.loc.key.rstrip("/") + "/"
+        remote: dict[str, list] = {}
+        with s3_errors(self.loc.uri):
+            for page in (
+                s3_client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.loc.bucket, Prefix=prefix)
+            ):
+                for obj in page.get("Contents", []):
+                    remote[obj["Key"][len(prefix) :]] = [int(obj["Size"]), obj.get("ETag", "")]
+        if not remote:
+            raise BadInput(
+                "no such S3 Zarr store (no objects under the prefix)", where=self.loc.uri
+            )
+        stamp = dest.with_name(dest.name + ".source.json")
+        if dest.is_dir() and stamp.is_file():
+            try:
+                known = json.loads(stamp.read_text())
+            except ValueError:
+                known = {}
+            if known == {"uri": self.loc.uri, "objects": remote}:
+                return dest
+        stamp.unlink(missing_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            for rel, (size, _) in remote.items():
+                target = tmp / rel
+                if ".." in Path(rel).parts:
+                    raise BadInput(
+                        f"unsafe object name in the Zarr store: '{rel}'", where=self.loc.uri
+                    )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with s3_errors(self.loc.uri):
+                    s3_client().download_file(self.loc.bucket, prefix + rel, str(target))
+                os.chmod(target, 0o600)
+                if target.stat().st_size != size:
+                    raise Transient(
+                        "downloaded object has the wrong size", where=self.loc.uri, reason="io"
+                    )
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_local_file(stamp, private=True) as out:
+            out.write_text(json.dumps({"uri": self.loc.uri, "objects": remote}))
         return dest

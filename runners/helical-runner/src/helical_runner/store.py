@@ -24,6 +24,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from . import storage
 from .errors import BadInput, Transient
 
@@ -35,10 +37,14 @@ GENE_TABLE = "gene_table.csv"
 # Ensembl id <-> symbol tables a store may carry (read by helical_runner.genes).
 GENE_TABLES = (GENE_TABLE, "hsapiens_pybiomart.csv")
 
-# Names of the demo gene universe: Ensembl-shaped ids and upper-case symbols.
+# Real vocabularies for demo bundles: a folder the bootstrap fills from the
+# package registries (scripts/bootstrap.sh, runner_data), never committed.
+GENE_SOURCES_ENV = "HELICAL_RUNNER_GENE_SOURCES"
+SCGPT_WHEEL = "scgpt-0.2.4-py3-none-any.whl"
+SCGPT_VOCAB_MEMBER = "scgpt/tokenizer/default_census_vocab.json"
+HUMAN_GENES = "human_genes.tsv.gz"
+DEMO_GENE_LIST = Path(__file__).with_name("data") / "demo_genes.tsv"
 DEMO_GENES = 2000
-# Named like Ensembl's (mixed digits and letters, read back as strings).
-DEMO_CHROMOSOMES = ("1", "2", "X", "MT")
 
 
 def helical_cache_dir() -> Path:
@@ -48,11 +54,85 @@ def helical_cache_dir() -> Path:
     return base / ".cache" / "helical" / "models"
 
 
+def demo_genes() -> pd.DataFrame:
+    """The 2,000 real human genes synthetic data is made of (ensembl_id, gene_name, chromosome, start)."""
+    return pd.read_csv(DEMO_GENE_LIST, sep="\t", comment="#", dtype=str)
+
+
 def demo_gene_ids(n: int = DEMO_GENES) -> tuple[list[str], list[str]]:
-    """Ensembl ids and symbols of the demo gene universe, index-aligned."""
-    ensembl = [f"ENSG{100000 + i:011d}" for i in range(n)]
-    symbols = [f"HWG{i:05d}" for i in range(n)]
-    return ensembl, symbols
+    """Ensembl ids and symbols of the first ``n`` demo genes, index-aligned."""
+    if n > DEMO_GENES:
+        raise BadInput(f"demo data has at most {DEMO_GENES:,} genes (asked for {n:,})")
+    genes = demo_genes().iloc[:n]
+    return genes["ensembl_id"].tolist(), genes["gene_name"].tolist()
+
+
+@dataclass
+class GeneUniverse:
+    """The genes a demo bundle's vocabularies cover, and where they came from."""
+
+    ensembl: list[str]  # Geneformer's tokens
+    symbols: list[str]  # scGPT's vocabulary and UCE's tokens
+    table: pd.DataFrame  # ensembl_id, gene_name, chromosome, start
+    source: dict[str, str]
+
+    def positions(self) -> list[tuple[str, int]]:
+        """(chromosome, start) of each symbol; genes the annotation does not place go last."""
+        placed = (
+            self.table.assign(key=self.table["gene_name"].str.upper())
+            .drop_duplicates("key")
+            .set_index("key")
+        )
+        found = []
+        for i, symbol in enumerate(self.symbols):
+            key = symbol.upper()
+            if key in placed.index:
+                found.append((str(placed.at[key, "chromosome"]), int(placed.at[key, "start"])))
+            else:
+                found.append(("unplaced", i))
+        return found
+
+
+def gene_universe(sources: Path | None = None) -> GeneUniverse:
+    """Real human vocabularies when the gene sources were fetched, else the demo gene list.
+
+    scGPT's whole-human vocabulary is read from the scgpt 0.2.4 wheel (60,694
+    symbols); Ensembl ids, symbols and positions come from Bioconductor's
+    org.Hs.eg.db human annotation (Debian's r-bioc-org.hs.eg.db), both fetched
+    by the bootstrap into ``$HELICAL_RUNNER_GENE_SOURCES``.
+    """
+    import zipfile
+
+    folder = sources or (
+        Path(os.environ[GENE_SOURCES_ENV]) if os.environ.get(GENE_SOURCES_ENV) else None
+    )
+    if folder and (folder / SCGPT_WHEEL).is_file() and (folder / HUMAN_GENES).is_file():
+        with zipfile.ZipFile(folder / SCGPT_WHEEL) as wheel:
+            vocab = json.loads(wheel.read(SCGPT_VOCAB_MEMBER))
+        symbols = [s for s, _ in sorted(vocab.items(), key=lambda item: item[1])]
+        table = pd.read_csv(folder / HUMAN_GENES, sep="\t", dtype=str).dropna()
+        ensembl = table["ensembl_id"].drop_duplicates().tolist()
+        return GeneUniverse(
+            ensembl,
+            symbols,
+            table,
+            {
+                "scgpt_vocabulary": f"{SCGPT_WHEEL}:{SCGPT_VOCAB_MEMBER}",
+                "gene_annotation": "Bioconductor org.Hs.eg.db 3.16.0 (Debian r-bioc-org.hs.eg.db)",
+            },
+        )
+    if folder:
+        LOG.warning(
+            "gene sources incomplete; demo vocabularies fall back to the 2,000-gene demo list",
+            extra={"gene_sources": str(folder)},
+        )
+    table = demo_genes()
+    return GeneUniverse(
+        table["ensembl_id"].tolist(),
+        table["gene_name"].tolist(),
+        table,
+        {"vocabulary": "helical_runner/data/demo_genes.tsv (2,000 genes)"},
+    )
 
 
 @dataclass
@@ -61,6 +141,7 @@ class StoreInfo:
     files: dict[str, str]  # relative path -> sha256
     overrides: dict[str, dict] = field(default_factory=dict)  # model -> config overrides
     source: str = ""
+    vocabularies: dict[str, str] = field(default_factory=dict)  # where a demo's genes came from
 
     @property
     def is_demo(self) -> bool:
@@ -72,6 +153,7 @@ class StoreInfo:
             "files": self.files,
             "overrides": self.overrides,
             "source": self.source,
+            "vocabularies": self.vocabularies,
         }
 
     @classmethod
@@ -81,6 +163,7 @@ class StoreInfo:
             files=dict(data["files"]),
             overrides=data.get("overrides", {}),
             source=data.get("source", ""),
+            vocabularies=data.get("vocabularies", {}),
         )
 
 
@@ -134,8 +217,9 @@ def _write_scgpt(root: Path, symbols: list[str], overrides: dict) -> None:
 
     sdir = root / "scgpt" / "scGPT_CP"
     sdir.mkdir(parents=True, exist_ok=True)
-    vocab = {"<pad>": 0, "<cls>": 1, "<eoc>": 2}
-    vocab.update({s: i + 3 for i, s in enumerate(symbols)})
+    vocab = {s: i for i, s in enumerate(symbols)}
+    for special in ("<pad>", "<cls>", "<eoc>"):
+        vocab[special] = len(vocab)
     (sdir / "vocab.json").write_text(json.dumps(vocab))
     torch.manual_seed(0)
     # Built with helical's own constructor and the same arguments its loader
@@ -162,34 +246,36 @@ def _write_scgpt(root: Path, symbols: list[str], overrides: dict) -> None:
     torch.save(model.state_dict(), sdir / "best_model.pt")
 
 
-def _write_uce(root: Path, symbols: list[str], overrides: dict) -> None:
-    import pandas as pd
+def _write_uce(root: Path, universe: GeneUniverse, overrides: dict) -> None:
     import torch
     from helical.models.uce.uce_model import TransformerModel
 
+    # helical's UCE looks genes up upper-cased (as UCE's own files spell them)
+    symbols = [s.upper() for s in universe.symbols]
     udir = root / "uce"
     (udir / "protein_embeddings").mkdir(parents=True, exist_ok=True)
     token_dim = overrides["token_dim"]
     n_special = 4  # pad, chrom-left, chrom-right, cls (UCEConfig's default indices)
     torch.manual_seed(0)
     gene_vectors = torch.randn(len(symbols), token_dim)
+    # views of one tensor: torch.save stores the shared storage once
     torch.save(
         {s: gene_vectors[i] for i, s in enumerate(symbols)},
         udir / "protein_embeddings" / "Homo_sapiens.GRCh38.gene_symbol_to_embedding_ESM2.pt",
     )
     (udir / "species_offsets.json").write_text(json.dumps({"human": n_special}))
-    chrom_rows = [
+    positions = universe.positions()
+    pd.DataFrame(
         {
             "species": "human",
-            "chromosome": DEMO_CHROMOSOMES[i % len(DEMO_CHROMOSOMES)],
-            "start": 1000 * i,
-            "gene_symbol": s,
+            "chromosome": [c for c, _ in positions],
+            "start": [p for _, p in positions],
+            "gene_symbol": symbols,
         }
-        for i, s in enumerate(symbols)
-    ]
-    pd.DataFrame(chrom_rows).to_csv(udir / "species_chrom.csv", index=False)
+    ).to_csv(udir / "species_chrom.csv", index=False)
+    chromosomes = {c for c, _ in positions}
     # Token table: specials, genes, then one token per chromosome at CHROM_TOKEN_OFFSET.
-    all_tokens = torch.randn(n_special + len(symbols) + len(DEMO_CHROMOSOMES), token_dim)
+    all_tokens = torch.randn(n_special + len(symbols) + len(chromosomes), token_dim)
     torch.save(all_tokens, udir / "all_tokens.torch")
     model = TransformerModel(
         token_dim=token_dim,
@@ -208,9 +294,8 @@ def _write_uce(root: Path, symbols: list[str], overrides: dict) -> None:
     torch.save(state, udir / "4layer_model.torch")
 
 
-def demo_overrides() -> dict[str, dict]:
+def demo_overrides(n_genes: int) -> dict[str, dict]:
     """Config overrides that make helical's constructors build the tiny demo shapes."""
-    n_genes = DEMO_GENES
     return {
         "geneformer": {},
         "scgpt": {"embsize": 32, "nheads": 2, "d_hid": 64, "nlayers": 2},
@@ -219,16 +304,17 @@ def demo_overrides() -> dict[str, dict]:
             "d_hid": 64,
             "n_layers": 1,
             "output_dim": 32,
-            "sample_size": 48,
-            "pad_length": 64,
+            # a cell sentence holds sample_size genes plus two tokens per chromosome
+            # (up to 26 with real positions): pad_length must leave room for both
+            "sample_size": 32,
+            "pad_length": 96,
             "CHROM_TOKEN_OFFSET": 4 + n_genes,
         },
     }
 
 
-def build_demo_bundle(dest: Path) -> StoreInfo:
+def build_demo_bundle(dest: Path, *, sources: Path | None = None) -> StoreInfo:
     """Write a complete demo store at ``dest`` (atomically: built aside, then renamed)."""
-    import pandas as pd
 
     dest = dest.resolve()
     if (dest / STORE_MANIFEST).is_file():
@@ -239,16 +325,18 @@ def build_demo_bundle(dest: Path) -> StoreInfo:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-bundle.", dir=dest.parent))
     try:
-        overrides = demo_overrides()
-        ensembl, symbols = demo_gene_ids()
-        write_geneformer(tmp, ensembl, "gf-6L-10M-i2048")
-        _write_scgpt(tmp, symbols, overrides["scgpt"])
-        _write_uce(tmp, symbols, overrides["uce"])
-        pd.DataFrame({"ensembl_id": ensembl, "gene_name": symbols}).to_csv(
-            tmp / GENE_TABLE, index=False
-        )
+        universe = gene_universe(sources)
+        overrides = demo_overrides(len(universe.symbols))
+        write_geneformer(tmp, universe.ensembl, "gf-6L-10M-i2048")
+        _write_scgpt(tmp, universe.symbols, overrides["scgpt"])
+        _write_uce(tmp, universe, overrides["uce"])
+        universe.table[["ensembl_id", "gene_name"]].to_csv(tmp / GENE_TABLE, index=False)
         info = StoreInfo(
-            kind="demo", files=checksums(tmp), overrides=overrides, source="demo-bundle"
+            kind="demo",
+            files=checksums(tmp),
+            overrides=overrides,
+            source="demo-bundle",
+            vocabularies=universe.source,
         )
         (tmp / STORE_MANIFEST).write_text(json.dumps(info.to_json(), indent=2, sort_keys=True))
         if dest.exists():
@@ -298,10 +386,16 @@ def fetch(
         if files is None
         else [*files, *(t for t in GENE_TABLES if t in info.files)]
     )
+    for rel in info.files:
+        confined_path(cache, rel, store_uri)
     for rel in wanted:
         if rel not in info.files:
             raise BadInput(f"model artifact '{rel}' is not in the store", where=store_uri)
-        target = cache / rel
+        target = confined_path(cache, rel, store_uri)
+        if not src.is_s3 and (src.path / rel).is_symlink():
+            raise BadInput(
+                f"model artifact '{rel}' is a symbolic link in the store", where=store_uri
+            )
         if target.is_file() and _verified(target, info.files[rel]):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -329,6 +423,29 @@ def fetch(
     # Keep the store's own manifest beside the cache so runs can report provenance.
     (cache / STORE_MANIFEST).write_text(json.dumps(info.to_json(), indent=2, sort_keys=True))
     return info
+
+
+def confined_path(cache: Path, rel: str, where: str) -> Path:
+    """``cache / rel``, refusing any entry that could land outside the cache.
+
+    A store is data, not code: an absolute path, a ``..`` component or a
+    symbolic link on the way would let a poisoned ``store.json`` write
+    anywhere this process can.
+    """
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel or not parts:
+        raise BadInput(
+            f"{STORE_MANIFEST} names a path outside the model cache: '{rel}'", where=where
+        )
+    node = cache
+    for part in parts:
+        node = node / part
+        if node.is_symlink():
+            raise BadInput(
+                f"{STORE_MANIFEST} path '{rel}' goes through a symbolic link in the model cache",
+                where=str(node),
+            )
+    return node
 
 
 def _stamp_path(target: Path) -> Path:

@@ -1,8 +1,10 @@
 """Prove a dataset is usable before any GPU time is spent.
 
-Checks: readable, non-empty, raw non-negative integer counts (and where),
-no NaN/inf, unique cell names, gene identifiers present and, for a model,
-the fraction that maps onto its vocabulary. Everything is streamed.
+Checks: readable, non-empty, raw non-negative integer counts (and where,
+judged on every stored value), no NaN/inf, unique cell names, gene
+identifiers present and, for a model, the fraction that maps onto its
+vocabulary, repeated identifiers (summed) and cells without counts (embedded
+as zeros and flagged). Everything is streamed.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import numpy as np
 import pandas as pd
 
 from . import genes
-from .dataset import H5AD, Matrix, iter_chunks, values_problem
+from .dataset import H5AD, Matrix, iter_chunks
 from .errors import BadInput
 
 LABEL_MAX_CLASSES = 1000
 ROWS_PER_CHECK = 8192
+# obs column of embedding outputs marking cells embedded as zeros (no counts to embed)
+EMPTY_FLAG = "helical_runner_no_counts"
 
 
 @dataclass
@@ -36,7 +40,11 @@ class Report:
     model_gene_id: str | None = None
     genes_mapped: int | None = None
     genes_mapped_fraction: float | None = None
+    duplicate_genes: int = 0
+    cells_without_counts: int | None = None
     label_columns: list[str] = field(default_factory=list)
+    # rows (relative to the validated range) without counts in the model's genes; not reported
+    empty_rows = np.zeros(0, dtype=np.int64)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -80,28 +88,52 @@ def label_columns(obs: pd.DataFrame) -> list[str]:
     return found
 
 
-def scan_counts(m: Matrix, start: int, stop: int) -> str | None:
-    """Stream the counts in rows [start, stop); the first problem found, naming the row."""
-    if start == 0 and stop == m.shape[0] and m.fmt != "csr":
-        for block, _ in m.value_blocks():
-            problem = values_problem(np.asarray(block))
-            if problem:
-                return f"{m.where} {problem}"
-        return None
+def row_totals(m: Matrix, start: int, stop: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """Per-cell sum of the counts in rows [start, stop) (only ``columns`` when given), streamed."""
+    totals = np.zeros(stop - start, dtype=np.float64)
+    if m.fmt == "csc":
+        # one pass over the stored values instead of one rescan per row chunk
+        indptr = m._part("indptr")[:].astype(np.int64)
+        value_columns = np.repeat(np.arange(m.shape[1], dtype=np.int64), np.diff(indptr))
+        keep_column = np.ones(m.shape[1], bool) if columns is None else np.zeros(m.shape[1], bool)
+        if columns is not None:
+            keep_column[columns] = True
+        for block, lo in m.value_blocks():
+            hi = lo + len(block)
+            rows = m._part("indices")[lo:hi].astype(np.int64)
+            keep = (rows >= start) & (rows < stop) & keep_column[value_columns[lo:hi]]
+            totals += np.bincount(rows[keep] - start, weights=block[keep], minlength=stop - start)
+        return totals
     for lo, hi in iter_chunks(start, stop, ROWS_PER_CHECK):
         rows = m.rows(lo, hi)
-        problem = values_problem(rows.data)
-        if problem:
-            bad = _first_bad_row(rows)
-            return f"{m.where} {problem} (first at cell row {lo + bad})"
-    return None
+        if columns is not None:
+            rows = rows[:, columns]
+        totals[lo - start : hi - start] = np.asarray(rows.sum(axis=1)).ravel()
+    return totals
 
 
-def _first_bad_row(rows) -> int:
-    data = rows.data
-    bad = ~np.isfinite(data) | (data < 0) | (np.mod(np.nan_to_num(data), 1) != 0)
-    first = int(np.argmax(bad))
-    return int(np.searchsorted(rows.indptr, first, side="right") - 1)
+def duplicated_identifiers(resolved: np.ndarray) -> tuple[int, str | None]:
+    """(gene columns that share a model identifier with an earlier column, an example)."""
+    named = pd.Series(resolved[resolved != ""])
+    dup = named[named.duplicated()]
+    return len(dup), (str(dup.iloc[0]) if len(dup) else None)
+
+
+def _species_hint(ids: genes.GeneIds, fraction: float) -> str | None:
+    """A plain message when the dataset's Ensembl ids are not human."""
+    if ids.ensembl is None or not len(ids.ensembl):
+        return None
+    prefixes = ids.ensembl.str.extract(r"^(ENS[A-Z]*)G", expand=False).dropna()
+    if prefixes.empty:
+        return None
+    top = prefixes.value_counts().index[0]
+    if top == "ENS":
+        return None
+    species = genes.ENSEMBL_SPECIES.get(top, f"non-human ({top}G...)")
+    return (
+        f"the genes are {species} Ensembl ids ({top}G...): this model covers human genes, "
+        f"and {fraction:.1%} of the dataset's genes were found in it"
+    )
 
 
 def validate(
@@ -134,6 +166,7 @@ def validate(
         report.fail(exc.message)
         return report, None, None
     report.counts_location, report.matrix_format, report.nnz = counts.where, counts.fmt, counts.nnz
+    report.notes += [f"not used for counts: {r}" for r in h5.rejected_candidates]
     if counts.shape[0] != h5.n_cells:
         report.fail(f"{counts.where} has {counts.shape[0]} rows but obs has {h5.n_cells} cells")
         return report, counts, None
@@ -141,9 +174,6 @@ def validate(
         report.notes.append(
             "counts are stored CSC: each chunk rescans the matrix; CSR is much faster"
         )
-    problem = scan_counts(counts, start, stop)
-    if problem:
-        report.fail(problem)
 
     var = h5.var(counts.where)
     if len(var) != counts.shape[1]:
@@ -156,12 +186,17 @@ def validate(
         return report, counts, None
     report.gene_id_type = ids.kind
     report.gene_id_source = ids.ensembl_source or ids.symbol_source
+    if ids.versioned:
+        report.notes.append(
+            f"Ensembl ids in {ids.ensembl_source} carry versions; matched without them"
+        )
     try:
         report.label_columns = label_columns(h5.obs())
     except BadInput as exc:
         report.fail(exc.message)
 
     resolved = None
+    columns = None
     if adapter is not None:
         report.model = adapter.name
         report.model_gene_id = adapter.gene_id
@@ -181,8 +216,36 @@ def validate(
         report.gene_id_source = source
         report.genes_mapped = int((resolved != "").sum())
         report.genes_mapped_fraction = round(genes.mapped_fraction(resolved), 4)
+        hint = _species_hint(ids, report.genes_mapped_fraction)
         if report.genes_mapped == 0:
             report.fail(
-                f"no gene maps onto the {adapter.name} vocabulary (identifiers from {source})"
+                hint
+                or f"no gene maps onto the {adapter.name} vocabulary (identifiers from {source})"
             )
+            return report, counts, resolved
+        if hint:
+            report.notes.append(hint)
+        report.duplicate_genes, example = duplicated_identifiers(resolved)
+        if report.duplicate_genes:
+            report.notes.append(
+                f"{report.duplicate_genes:,} gene columns repeat an identifier of another column "
+                f"(e.g. '{example}'): their counts are summed per cell"
+            )
+        columns = np.flatnonzero(resolved != "")
+    totals = row_totals(counts, start, stop, columns)
+    empty = np.flatnonzero(totals == 0)
+    report.cells_without_counts = len(empty)
+    report.empty_rows = empty
+    if len(empty) == stop - start:
+        report.fail(
+            f"none of the {stop - start:,} cells has counts"
+            + (f" in the {adapter.name} genes" if adapter is not None else "")
+        )
+    elif len(empty):
+        names = ", ".join(f"'{n}'" for n in h5.obs_names[start + empty[:3]])
+        where = f" in the {adapter.name} genes" if adapter is not None else ""
+        report.notes.append(
+            f"{len(empty):,} cells have no counts{where} (e.g. {names}): they get an all-zero "
+            f"embedding and obs['{EMPTY_FLAG}'] = True"
+        )
     return report, counts, resolved

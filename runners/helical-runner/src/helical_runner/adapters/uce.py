@@ -29,6 +29,29 @@ _CONFIG_ARGS = {
 }
 
 
+class _LoadOnce:
+    """``torch`` as helical's gene-embedding module sees it, with ``load`` remembered per path.
+
+    helical reads the whole protein-embedding table (one tensor per gene) twice
+    for every ``process_data`` call, i.e. twice per chunk; unpickling tens of
+    thousands of tensors dominates UCE's preprocessing. The table is read-only,
+    so one copy per process serves every chunk.
+    """
+
+    def __init__(self, torch_module):
+        self._torch = torch_module
+        self._loaded: dict[tuple, object] = {}
+
+    def load(self, path, *args, **kwargs):
+        key = (str(path), tuple(sorted(kwargs.items())))
+        if key not in self._loaded:
+            self._loaded[key] = self._torch.load(path, *args, **kwargs)
+        return self._loaded[key]
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+
 class UCEAdapter(Adapter):
     name = "uce"
     gene_id = "symbol"
@@ -63,6 +86,10 @@ class UCEAdapter(Adapter):
         )
         if "n_layers" in self.overrides:
             config.config["n_layers"] = self.overrides["n_layers"]
+        from helical.models.uce import gene_embeddings
+
+        if not isinstance(gene_embeddings.torch, _LoadOnce):
+            gene_embeddings.torch = _LoadOnce(gene_embeddings.torch)
         self._scratch = Path(tempfile.mkdtemp(prefix="helical-runner-uce-"))
         with working_directory(self._scratch):
             self.model = UCE(configurer=config)
