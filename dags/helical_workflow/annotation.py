@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import inputs, jobs, plan, profiles, provenance
+from . import inputs, jobs, plan, profiles
 
 BASELINE = "pca"
 # The helical_embedding DAG's merge outlet (name, uri); this DAG is scheduled on it.
@@ -228,22 +228,7 @@ def provenance_jobs(record: dict[str, Any], *, root: str) -> list[dict[str, Any]
     problems = [f"missing: {missing}"] if missing else []
     if not record["report"]:
         problems.append("no report")
-    where = plan.join(root, "provenance.json")
-    return [
-        {
-            "runner_args": [
-                "provenance",
-                "--output",
-                where,
-                "--record-z",
-                provenance.encode_record(record),
-            ],
-            "job_label": "provenance",
-            "job_result": {"provenance": where, "problems": problems},
-            "output_root": root,
-            "job_resources": jobs.LIGHT_RESOURCES,
-        }
-    ]
+    return [jobs.provenance_job(record, run_root=root, problems=problems)]
 
 
 def _labels(labels: dict[str, str]) -> list[str]:

@@ -172,9 +172,12 @@ def report_jobs(
     return jobs
 
 
-def provenance_job(record: dict[str, Any], *, run_root: str) -> dict[str, Any]:
+def provenance_job(
+    record: dict[str, Any], *, run_root: str, problems: list[str] | None = None
+) -> dict[str, Any]:
     """``helical-runner provenance``: the runner writes ``provenance.json`` (it may
-    write outputs; the Airflow role may not). Returns where, and what is wrong."""
+    write outputs; the Airflow role may not). Returns where, and what is wrong
+    (``problems``; default: :func:`provenance.problems` of an embedding run's record)."""
     where = plan.join(run_root, "provenance.json")
     return {
         "runner_args": [
@@ -185,7 +188,10 @@ def provenance_job(record: dict[str, Any], *, run_root: str) -> dict[str, Any]:
             provenance.encode_record(record),
         ],
         "job_label": "provenance",
-        "job_result": {"provenance": where, "problems": provenance.problems(record)},
+        "job_result": {
+            "provenance": where,
+            "problems": provenance.problems(record) if problems is None else problems,
+        },
         "output_root": run_root,
         "job_resources": LIGHT_RESOURCES,
     }
