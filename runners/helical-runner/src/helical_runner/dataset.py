@@ -16,6 +16,7 @@ decided from every stored value of each candidate, streamed, not a sample.
 from __future__ import annotations
 
 import errno
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -225,8 +226,7 @@ class H5AD:
                     raise BadInput(f"not an AnnData file: no '{key}' group", where=self.uri)
             if isinstance(self.file["obs"], h5py.Dataset):
                 self._open_legacy()
-            self.obs_names = self._obs_names()
-            self.n_cells = len(self.obs_names)
+            self.n_cells = self._n_cells()
             self.n_genes = self._n_genes()
         except BadInput:
             self.close()
@@ -277,6 +277,20 @@ class H5AD:
     def _index_key(self, group) -> str:
         key = group.attrs.get("_index", "_index")
         return key.decode() if isinstance(key, bytes) else str(key)
+
+    def _n_cells(self) -> int:
+        if self._legacy is not None:
+            return int(self._legacy.n_obs)
+        group = self.file["obs"]
+        key = self._index_key(group)
+        if key not in group:
+            raise BadInput("obs has no index", where=self.uri)
+        return int(group[key].shape[0])
+
+    @functools.cached_property
+    def obs_names(self) -> pd.Index:
+        """Cell names, read on first use (``annotate predict`` never needs them)."""
+        return self._obs_names()
 
     def _obs_names(self) -> pd.Index:
         if self._legacy is not None:
