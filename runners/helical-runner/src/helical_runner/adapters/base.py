@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -98,6 +99,71 @@ class Adapter(abc.ABC):
             return _as_float32(out)
 
         return wrapper
+
+
+def length_batches(lengths: Sequence[int], *, max_tokens: int, max_items: int) -> list[np.ndarray]:
+    """Group items of varying length into batches of similar length.
+
+    Items are taken longest first (a batch that does not fit shows up at
+    once, not after an hour) and a batch grows while ``items x its longest
+    item`` stays within ``max_tokens`` and it holds at most ``max_items``. An
+    item longer than ``max_tokens`` gets a batch of its own. Padding each
+    batch to its own longest item then wastes little, and the padded batch,
+    hence activation memory, is bounded by the token budget whatever the
+    lengths are.
+
+    Parameters
+    ----------
+    lengths
+        Token count of each item, in input order (shape ``(n,)``).
+    max_tokens
+        Upper bound on ``len(batch) * max(lengths[batch])``.
+    max_items
+        Upper bound on ``len(batch)`` (the profile's ``batch_size``).
+
+    Returns
+    -------
+    list of int64 arrays
+        Input positions of each batch; together a permutation of ``range(n)``.
+        Ties keep input order (stable sort), so the grouping is deterministic.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(max_items, max_tokens // longest, len(order) - start))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def run_length_batched(
+    lengths: Sequence[int],
+    embed_batch: Callable[[np.ndarray], np.ndarray],
+    *,
+    max_tokens: int,
+    max_items: int,
+) -> np.ndarray:
+    """Embed items in :func:`length_batches` order; return rows in input order.
+
+    ``embed_batch(positions)`` receives the input positions of one batch
+    (longest first) and returns one row per position, in that order. The
+    result's row ``i`` is item ``i``'s row, so callers never see the
+    reordering.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, dim)`` float32.
+    """
+    out = None
+    for positions in length_batches(lengths, max_tokens=max_tokens, max_items=max_items):
+        rows = np.asarray(embed_batch(positions), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(lengths), rows.shape[1]), dtype=np.float32)
+        out[positions] = rows
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
 def _as_float32(out):
