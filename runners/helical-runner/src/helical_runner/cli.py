@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cells-per-chunk", type=int, help="override cells read/embedded/checkpointed at a time"
     )
     p.add_argument(
-        "--precision", choices=["fp32", "fp16", "bf16"], help="override the profile's precision"
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="override the profile's precision",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(

@@ -31,6 +31,7 @@ from . import __version__, logs, metrics, output, profiles, storage, store
 from .adapters import Adapter, adapter_class
 from .dataset import H5AD, iter_chunks
 from .errors import BadInput, RunnerError, Transient
+from .precision import resolve as resolve_precision
 from .validation import EMPTY_FLAG, validate
 
 LOG = logging.getLogger("helical_runner.embed")
@@ -87,13 +88,6 @@ def resolve_device(requested: str) -> str:
     if requested not in ("cpu", "cuda"):
         raise BadInput(f"device must be auto, cpu or cuda, not '{requested}'")
     return requested
-
-
-def effective_precision(precision: str, device: str) -> str:
-    if device == "cpu" and precision == "fp16":
-        LOG.warning("fp16 is not supported for CPU inference; using fp32")
-        return "fp32"
-    return precision
 
 
 def versions() -> dict[str, str]:
@@ -261,7 +255,8 @@ def embed(req: EmbedRequest) -> dict:
         batch_size=req.batch_size, cells_per_chunk=req.cells_per_chunk, precision=req.precision
     )
     device = resolve_device(req.device)
-    precision = effective_precision(profile.precision, device)
+    resolved_precision = resolve_precision(profile.precision, device)
+    precision = resolved_precision.precision
 
     check_output_location(out, storage.parse(req.input))
     model_store = req.model_store or os.environ.get(store.STORE_ENV)
@@ -403,6 +398,7 @@ def embed(req: EmbedRequest) -> dict:
                 "versions": versions(),
                 "device": device,
                 "precision": precision,
+                "precision_reason": resolved_precision.reason,
                 "batch_size": profile.batch_size,
                 "cells_per_chunk": profile.cells_per_chunk,
                 "chunks": len(chunks),

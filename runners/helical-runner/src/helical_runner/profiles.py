@@ -11,7 +11,7 @@ import yaml
 from .errors import BadInput
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 REQUIRED = (
     "model",
     "helical_model_name",
@@ -19,6 +19,7 @@ REQUIRED = (
     "embedding_dim",
     "precision",
     "batch_size",
+    "max_tokens_per_batch",
     "cells_per_chunk",
     "cells_per_shard",
     "timeout_minutes",
@@ -34,6 +35,8 @@ class Profile:
     embedding_dim: int
     precision: str
     batch_size: int
+    #: cells x padded length of one forward batch: bounds activation memory
+    max_tokens_per_batch: int
     cells_per_chunk: int
     cells_per_shard: int
     timeout_minutes: int
@@ -90,6 +93,7 @@ def validate(profile: Profile) -> Profile:
         )
     for key in (
         "batch_size",
+        "max_tokens_per_batch",
         "cells_per_chunk",
         "cells_per_shard",
         "timeout_minutes",

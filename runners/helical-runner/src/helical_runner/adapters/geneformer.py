@@ -2,8 +2,18 @@
 
 helical loads ``BertForMaskedLM`` and computes the vocabulary-sized MLM
 logits for every token of every cell, then uses only the hidden states.
-Swapping in the bare encoder gives identical cell embeddings, 1.3-1.9x faster
-with far less memory (see benchmarks/bench_embed.py).
+Swapping in the bare encoder gives identical cell embeddings, with far less
+memory.
+
+helical's ``get_embeddings`` pads each batch of consecutive cells to its
+longest and lets transformers expand a batch x 1 x L x L mask. For cell
+embeddings the adapter runs its own loop over the same model, tokenized
+dataset and pooling function: cells longest first in token-bounded batches
+(:func:`~.base.run_length_batched`), padded per batch, a batch x 1 x 1 x L
+additive mask (none when the batch has no padding), rows back in input
+order. The mean over non-padding tokens makes a cell's embedding independent
+of its batch, so the result equals helical's (benchmarks/bench_vs_helical.py,
+tests/test_length_batching.py).
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Adapter
+from .base import Adapter, run_length_batched
 
 _VERSIONS = {
     "gf-12L-40M-i2048": "v1",
@@ -99,4 +109,44 @@ class GeneformerAdapter(Adapter):
         return self.model.process_data(chunk, gene_names="ensembl_id")
 
     def infer(self, prepared) -> np.ndarray:
-        return self.model.get_embeddings(prepared)
+        if self.model.emb_mode != "cell" or len(prepared) == 0:
+            return self.model.get_embeddings(prepared)
+        return run_length_batched(
+            prepared["length"],
+            lambda positions: self._embed_batch(prepared, positions),
+            max_tokens=self.profile.max_tokens_per_batch,
+            max_items=self.profile.batch_size,
+        )
+
+    def _embed_batch(self, prepared, positions: np.ndarray) -> np.ndarray:
+        """helical's forward and cell pooling (get_embs) for the cells at ``positions``."""
+        import torch
+        from helical.models.geneformer.geneformer_utils import (
+            _compute_embeddings_depending_on_mode,
+            pad_tensor_list,
+        )
+
+        helical = self.model
+        batch = prepared.select(positions.tolist()).with_format("torch")
+        lengths = batch["length"]
+        longest = int(lengths.max())
+        input_ids = pad_tensor_list(batch["input_ids"], longest, helical.pad_token_id, longest).to(
+            self.device
+        )
+        mask = None
+        if int(lengths.min()) < longest:
+            padding = torch.arange(longest) >= lengths.unsqueeze(1)
+            mask = torch.zeros(padding.shape, dtype=torch.float32)
+            mask = mask.masked_fill(padding, torch.finfo(torch.float32).min)
+            mask = mask[:, None, None, :].to(self.device)
+        with torch.no_grad():
+            outputs = helical.model(input_ids=input_ids, attention_mask=mask)
+            hidden = outputs.hidden_states[helical.layer_to_quant].float()
+            return _compute_embeddings_depending_on_mode(
+                hidden,
+                {"input_ids": input_ids, "length": lengths.to(self.device)},
+                helical.emb_mode,
+                helical.cls_present,
+                helical.eos_present,
+                helical.tk.token_to_ensembl_dict,
+            )

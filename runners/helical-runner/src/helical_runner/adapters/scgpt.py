@@ -3,6 +3,19 @@
 helical's scGPT loader silently skips checkpoint tensors whose names or
 shapes do not match the model, so a wrong checkpoint would run with random
 weights and no error. The adapter refuses that.
+
+Length-aware batching. helical's ``get_embeddings`` collates consecutive
+cells (binning, sampling down to 1,200 genes) and pads each batch to its
+longest cell. In its default ``cell`` mode it then averages the encoder
+output over *every* position after ``<cls>``, padding included, so a cell's
+embedding depends on how long its batch neighbours are. The adapter runs
+the same collator and the same ``_encode`` on cells sorted by length in
+token-bounded batches (:func:`~.base.run_length_batched`), each padded to its
+longest cell plus one padding column. scGPT has no positional encoding, so
+every padding position of a cell yields the same vector; from the sum over a
+cell's genes and that vector the adapter recomputes exactly the mean helical
+would have produced with its own batches of ``batch_size`` consecutive
+cells, then applies helical's normalisation. Same output, less padding.
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from .base import Adapter
+from .base import Adapter, run_length_batched
 
 
 class ScGPTAdapter(Adapter):
@@ -63,4 +76,75 @@ class ScGPTAdapter(Adapter):
         return self.model.process_data(chunk, gene_names="gene_name")
 
     def infer(self, prepared) -> np.ndarray:
-        return self.model.get_embeddings(prepared)
+        config = self.model.config
+        if config["emb_mode"] not in ("cell", "cls") or prepared.batch_ids is not None:
+            return self.model.get_embeddings(prepared)
+        if len(prepared) == 0:
+            return np.empty((0, config["embsize"]), dtype=np.float32)
+        tokens = self._tokens_per_cell(prepared)
+        helical_padded = self._helical_padded_lengths(tokens)
+        collator = self._collator()
+        rows = run_length_batched(
+            tokens,
+            lambda positions: self._embed_batch(
+                prepared, positions, tokens, helical_padded, collator
+            ),
+            max_tokens=self.profile.max_tokens_per_batch,
+            max_items=self.profile.batch_size,
+        )
+        return self.model._normalize_embeddings(rows)
+
+    def _tokens_per_cell(self, prepared) -> np.ndarray:
+        """Tokens helical feeds per cell: <cls> + non-zero genes, sampled down to MAX_LENGTH."""
+        nonzero = np.asarray((prepared.count_matrix != 0).sum(axis=1)).ravel()
+        return np.minimum(nonzero + 1, self.model.config["MAX_LENGTH"])
+
+    def _helical_padded_lengths(self, tokens: np.ndarray) -> np.ndarray:
+        """Each cell's padded length in helical's batches of batch_size consecutive cells."""
+        size = self.model.config["batch_size"]
+        starts = np.arange(0, len(tokens), size)
+        return np.repeat(np.maximum.reduceat(tokens, starts), np.diff([*starts, len(tokens)]))
+
+    def _collator(self):
+        """helical's collator, configured as its get_embeddings configures it."""
+        from helical.models.scgpt.data_collator import DataCollator
+
+        config = self.model.config
+        return DataCollator(
+            do_padding=True,
+            pad_token_id=self.model.vocab[config["pad_token"]],
+            pad_value=config["pad_value"],
+            do_mlm=False,
+            do_binning=True,
+            max_length=config["MAX_LENGTH"],
+            sampling=True,
+            keep_first_n_tokens=1,
+        )
+
+    def _embed_batch(self, prepared, positions, tokens, helical_padded, collator) -> np.ndarray:
+        """Encode the cells at ``positions``; helical's cell/cls embedding of each (unnormalised)."""
+        import torch
+
+        config = self.model.config
+        pad_id = self.model.vocab[config["pad_token"]]
+        batch = collator([prepared[int(i)] for i in positions])
+        genes, values = batch["gene"], batch["expr"]
+        # one padding column for all, so every cell shows its padding vector
+        genes = torch.nn.functional.pad(genes, (0, 1), value=pad_id)
+        values = torch.nn.functional.pad(values, (0, 1), value=config["pad_value"])
+        device = next(self.model.model.parameters()).device
+        genes, values = genes.to(device), values.to(device)
+        with torch.no_grad():
+            out = self.model.model._encode(
+                genes, values, src_key_padding_mask=genes.eq(pad_id)
+            ).float()
+            if config["emb_mode"] == "cls":
+                return out[:, 0, :].cpu().numpy()
+            n = torch.as_tensor(tokens[positions], device=device)
+            padded = torch.as_tensor(helical_padded[positions], device=device)
+            columns = torch.arange(out.shape[1], device=device)
+            genes_only = (columns >= 1) & (columns < n[:, None])
+            gene_sum = (out * genes_only[..., None]).sum(dim=1)
+            padding_vector = out[:, -1, :]
+            mean = (gene_sum + (padded - n)[:, None] * padding_vector) / (padded - 1)[:, None]
+            return mean.cpu().numpy()
