@@ -11,7 +11,8 @@ output over *every* position after ``<cls>``, padding included, so a cell's
 embedding depends on how long its batch neighbours are. The adapter runs
 the same collator and the same ``_encode`` on cells sorted by length in
 token-bounded batches (:func:`~.base.run_length_batched`), each padded to its
-longest cell plus one padding column. scGPT has no positional encoding, so
+longest cell (plus one padding column when a cell was padded in helical's
+batch; no mask at all when nothing is padded). scGPT has no positional encoding, so
 every padding position of a cell yields the same vector; from the sum over a
 cell's genes and that vector the adapter recomputes exactly the mean helical
 would have produced with its own batches of ``batch_size`` consecutive
@@ -129,19 +130,23 @@ class ScGPTAdapter(Adapter):
         pad_id = self.model.vocab[config["pad_token"]]
         batch = collator([prepared[int(i)] for i in positions])
         genes, values = batch["gene"], batch["expr"]
-        # one padding column for all, so every cell shows its padding vector
-        genes = torch.nn.functional.pad(genes, (0, 1), value=pad_id)
-        values = torch.nn.functional.pad(values, (0, 1), value=config["pad_value"])
+        n = tokens[positions]
+        padded = helical_padded[positions]
+        if config["emb_mode"] == "cell" and (padded > n).any():
+            # one more padding column, so every cell shows its padding vector
+            genes = torch.nn.functional.pad(genes, (0, 1), value=pad_id)
+            values = torch.nn.functional.pad(values, (0, 1), value=config["pad_value"])
         device = next(self.model.model.parameters()).device
         genes, values = genes.to(device), values.to(device)
+        padding = genes.eq(pad_id)
         with torch.no_grad():
             out = self.model.model._encode(
-                genes, values, src_key_padding_mask=genes.eq(pad_id)
+                genes, values, src_key_padding_mask=padding if padding.any() else None
             ).float()
             if config["emb_mode"] == "cls":
                 return out[:, 0, :].cpu().numpy()
-            n = torch.as_tensor(tokens[positions], device=device)
-            padded = torch.as_tensor(helical_padded[positions], device=device)
+            n = torch.as_tensor(n, device=device)
+            padded = torch.as_tensor(padded, device=device)
             columns = torch.arange(out.shape[1], device=device)
             genes_only = (columns >= 1) & (columns < n[:, None])
             gene_sum = (out * genes_only[..., None]).sum(dim=1)
