@@ -114,18 +114,16 @@ def _import_umap():
     Turning numba's cache on for its module-level functions before their first
     call keeps that compiled code in the folder ``use_numba_cache`` chose.
     """
-    import numba
     import umap
     import umap.layouts
     import umap.spectral
     import umap.umap_
     import umap.utils
+    from numba.core.dispatcher import Dispatcher
 
     for module in (umap.umap_, umap.layouts, umap.spectral, umap.utils):
         for value in vars(module).values():
-            if isinstance(value, numba.core.registry.CPUDispatcher) and value._cache.__class__ is (
-                numba.core.caching.NullCache
-            ):
+            if isinstance(value, Dispatcher) and value.stats.cache_path is None:
                 value.enable_caching()
     return umap
 
