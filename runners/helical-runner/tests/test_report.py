@@ -107,6 +107,16 @@ def test_umaps_are_sampled_above_the_threshold_and_the_page_says_so(tmp_path, to
     assert set(sampled["phase_seconds"]) >= {"read", "pca", "neighbours", "metrics", "umap"}
 
 
+def test_without_labels_only_umaps_are_drawn(tmp_path, toy_run):
+    dataset, embedding = toy_run
+    report.build_report(dataset=str(dataset), embeddings=[str(embedding)], out_dir=tmp_path,
+                        label_key="absent", max_cells=300, plot_max_points=200)  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["results"]["toy"] == {"cells": 300, "dim": 16}
+    assert metrics["cells_plotted"] == 200 and (tmp_path / "umap_toy.png").is_file()
+    assert not (tmp_path / "metrics.png").exists()
+
+
 def test_umap_compiled_code_is_kept_in_the_runner_numba_cache(tmp_path, toy_run):
     build(toy_run, tmp_path / "out")
     import umap.layouts

@@ -366,12 +366,13 @@ def build_report(
     figures: dict[str, str] = {}
     for name, emb in embs.items():
         results[name] = {"cells": len(emb), "dim": int(emb.shape[1])}
-        graph = neighbour_graph(emb, graph_size(labels))
-        phases.done("neighbours")
+        graph = None
         if labels is not None:
+            graph = neighbour_graph(emb, graph_size(labels))
+            phases.done("neighbours")
             results[name].update(label_metrics(emb, labels, graph))
             phases.done("metrics")
-        if plot_sampled:
+        if graph is None or plot_sampled:
             graph = neighbour_graph(emb[plot_rows], UMAP_NEIGHBORS)
             phases.done("neighbours")
         coords = umap_coords(emb[plot_rows], graph)
