@@ -128,5 +128,5 @@ def test_shipped_profiles_carry_measured_cpu_speed_and_start_up():
     [{"cells_per_second": {"tpu": 3}}, {"cells_per_second": {"cpu": -1}}, {"startup_s": "fast"}],
 )
 def test_bad_speed_overrides_are_refused(bad):
-    with pytest.raises(profiles.ProfileError, match="cells_per_second|startup_s"):
+    with pytest.raises(profiles.ProfileError, match=r"cells_per_second|startup_s"):
         profiles.load_profile("geneformer", bad)

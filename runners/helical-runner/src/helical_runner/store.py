@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import storage
+from . import logs, storage
 from .errors import BadInput, Transient
 
 LOG = logging.getLogger(__name__)
@@ -522,6 +522,7 @@ def guard_helical_downloads(cache: Path | None = None) -> None:
     """
     from helical.utils import downloader as helical_downloader
 
+    logs.reclaim_root()  # importing helical adds its own root log handler
     cache = cache or helical_cache_dir()
 
     def cache_only(self, name: str) -> None:
