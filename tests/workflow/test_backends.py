@@ -164,7 +164,11 @@ def docker_op(tmp_path, monkeypatch):
         **SHARD,
         "dataset": str(data / "pbmc.h5ad"),
         "shards": [
-            {"start": 0, "stop": 10, "output": str(tmp_path / "runs/r1/pbmc/shards/geneformer/0-10.h5ad")}
+            {
+                "start": 0,
+                "stop": 10,
+                "output": str(tmp_path / "runs/r1/pbmc/shards/geneformer/0-10.h5ad"),
+            }
         ],
     }
     return containers.RunnerDockerOperator(
