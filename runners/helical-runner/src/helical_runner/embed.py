@@ -293,19 +293,19 @@ def embed_shards(req: EmbedRequest) -> list[dict]:
     profile = profile.with_overrides(
         batch_size=req.batch_size, cells_per_chunk=req.cells_per_chunk, precision=req.precision
     )
-    device = resolve_device(req.device)
-    precision = effective_precision(profile.precision, device)
-
     outs = [storage.parse(shard.output) for shard in req.shards]
     repeated = [o.uri for i, o in enumerate(outs) if o.uri in {p.uri for p in outs[:i]}]
     if repeated:
         raise BadInput("two shards have the same output", where=repeated[0])
     for out in outs:
         check_output_location(out, storage.parse(req.input))
-    model_store = req.model_store or os.environ.get(store.STORE_ENV)
+
     t = time.perf_counter()
     import_model_stack(adapter_cls.name)
     import_s = time.perf_counter() - t
+    device = resolve_device(req.device)
+    precision = effective_precision(profile.precision, device)
+    model_store = req.model_store or os.environ.get(store.STORE_ENV)
     probe = adapter_cls(profile, device=device, precision=precision)
     store_info, artifacts = prepare_model_cache(model_store, probe.artifact_files())
     demo = bool(store_info and store_info.is_demo)

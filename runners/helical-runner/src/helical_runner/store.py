@@ -215,6 +215,8 @@ def _write_scgpt(root: Path, symbols: list[str], overrides: dict) -> None:
     import torch
     from helical.models.scgpt.model_dir import TransformerModel
 
+    logs.reclaim_root()  # importing helical adds its own root log handler
+
     sdir = root / "scgpt" / "scGPT_CP"
     sdir.mkdir(parents=True, exist_ok=True)
     vocab = {s: i for i, s in enumerate(symbols)}
@@ -249,6 +251,8 @@ def _write_scgpt(root: Path, symbols: list[str], overrides: dict) -> None:
 def _write_uce(root: Path, universe: GeneUniverse, overrides: dict) -> None:
     import torch
     from helical.models.uce.uce_model import TransformerModel
+
+    logs.reclaim_root()  # importing helical adds its own root log handler
 
     # helical's UCE looks genes up upper-cased (as UCE's own files spell them)
     symbols = [s.upper() for s in universe.symbols]
@@ -497,6 +501,8 @@ def mirror(source: Path, dest_uri: str) -> StoreInfo:
 def pull(files: list[str], cache: Path | None = None) -> list[str]:
     """Download files with helical's own downloader (needs helical's hub to be reachable)."""
     from helical.utils.downloader import Downloader
+
+    logs.reclaim_root()  # importing helical adds its own root log handler
 
     downloader = Downloader()
     done = []
