@@ -140,12 +140,16 @@ def test_shard_pairs_must_match(tmp_path, capsys, bundle, datasets, extra, messa
 
 def test_embedding_needs_no_scanpy(tmp_path, bundle, datasets):
     """helical imports scanpy (and with it sklearn, numba, matplotlib); the runner's
-    embedding path never uses it, so it is never run: seconds off every start."""
+    embedding path never uses it, so it is never run: seconds off every start.
+    Code that does use scanpy afterwards gets the real package."""
     code = f"""
 import sys
 from helical_runner import cli
 assert cli.main(["embed", "--input", {str(datasets["layers"])!r}, "--model", "geneformer",
                  "--model-store", {str(bundle)!r}, "--output", {str(tmp_path / "e.h5ad")!r}]) == 0
+from helical_runner.embed import import_model_stack
+import_model_stack("scgpt")
+import_model_stack("uce")
 print(sorted(m for m in ("sklearn", "numba", "matplotlib", "scanpy.preprocessing") if m in sys.modules))
 import scanpy
 print(scanpy.pp.normalize_total.__name__)

@@ -17,6 +17,9 @@ import types
 
 #: what helical's model modules import at the top but embeddings never need
 HEAVY_UNUSED = ("scanpy",)
+#: names a deferred package re-exports from a light one, served without running it
+#: (UCE's modules do ``from scanpy import AnnData``; it is anndata's class)
+REEXPORTS = {"scanpy": {"AnnData": ("anndata", "AnnData")}}
 
 
 class _OnFirstUse(types.ModuleType):
@@ -27,7 +30,7 @@ class _OnFirstUse(types.ModuleType):
     """
 
     def __getattr__(self, attr: str):
-        if attr.startswith("__") and attr != "__path__":
+        if attr.startswith("__"):
             raise AttributeError(attr)
         _run(self)
         return getattr(self, attr)
@@ -37,7 +40,6 @@ def _run(module: types.ModuleType) -> None:
     if type(module) is not _OnFirstUse:
         return
     module.__class__ = types.ModuleType
-    module.__path__ = module.__spec__.submodule_search_locations
     module.__spec__.loader.exec_module(module)
 
 
@@ -61,8 +63,8 @@ def defer(*names: str) -> None:
         if spec is None or spec.loader is None:
             continue
         module = importlib.util.module_from_spec(spec)
-        if hasattr(module, "__path__"):
-            del module.__path__  # a submodule import must run the package first
+        for attr, (source, source_attr) in REEXPORTS.get(name, {}).items():
+            setattr(module, attr, getattr(importlib.import_module(source), source_attr))
         module.__class__ = _OnFirstUse
         sys.modules[name] = module
     if not any(isinstance(f, _SubmoduleFirst) for f in sys.meta_path):
