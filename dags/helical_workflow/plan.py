@@ -74,7 +74,7 @@ def tasks_per_group(groups: list[dict[str, Any]], *, slots: int) -> list[int]:
     work = [
         g["cells"] / g["cells_per_second"] if g.get("cells_per_second") else None for g in groups
     ]
-    total = sum(w for w in work if w) or 1.0
+    shares = iter(slot_shares(slots, [w for w in work if w is not None]))
     counts = []
     for group, work_s in zip(groups, work, strict=True):
         if work_s is None:
@@ -89,11 +89,29 @@ def tasks_per_group(groups: list[dict[str, Any]], *, slots: int) -> list[int]:
             if startup
             else group["shards"]
         )
-        slot_share = math.ceil(slots * work_s / total)
+        slot_share = next(shares)
         fit_argv = math.ceil(group["shards"] / MAX_SHARDS_PER_TASK)
         wanted = max(fit_timeout, fit_argv, min(slot_share, most_efficient), 1)
         counts.append(min(group["shards"], wanted))
     return counts
+
+
+def slot_shares(slots: int, work: list[float]) -> list[int]:
+    """``slots`` shared in proportion to ``work`` (largest remainders), each at least 1.
+
+    >>> slot_shares(2, [2000.0, 3333.0])
+    [1, 1]
+    >>> slot_shares(8, [100.0, 300.0])
+    [2, 6]
+    """
+    total = sum(work) or 1.0
+    quotas = [slots * w / total for w in work]
+    shares = [max(1, math.floor(q)) for q in quotas]
+    for i in sorted(range(len(work)), key=lambda i: shares[i] - quotas[i]):
+        if sum(shares) >= slots:
+            break
+        shares[i] += 1
+    return shares
 
 
 def split_runs(items: list[Any], n: int) -> list[list[Any]]:

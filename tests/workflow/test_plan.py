@@ -55,6 +55,19 @@ def test_little_work_goes_to_one_warm_task_per_model():
     ]
 
 
+def test_the_demo_gets_one_warm_task_per_model_from_the_shipped_profiles():
+    # scripts/demo.sh: 2,000 cells, cells_per_shard 1,000, two models, parallelism 2
+    overrides = {m: {"cells_per_shard": 1000} for m in ("geneformer", "scgpt")}
+    tasks = _plan(["geneformer", "scgpt"], overrides, slots=2)["gpu-nvidia-a10g"]
+    assert [(t["model"], len(t["shards"])) for t in tasks] == [("geneformer", 2), ("scgpt", 2)]
+
+
+def test_slots_are_shared_in_proportion_to_work():
+    assert plan.slot_shares(2, [2000.0, 3333.0]) == [1, 1]
+    assert plan.slot_shares(8, [100.0, 300.0]) == [2, 6]
+    assert plan.slot_shares(2, [1.0, 1.0, 1.0]) == [1, 1, 1]
+
+
 def test_start_up_stays_a_small_share_of_each_task():
     # 50 s of work, 5 s start-up: more than one task would spend > 10% starting
     slow_start = {"cells_per_second": {"cpu": 40.0}, "startup_s": 5}
