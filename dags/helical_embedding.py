@@ -10,8 +10,8 @@ Embed single-cell datasets (`.h5ad`) with Helical foundation models.
 
 **Steps**: resolve the inputs -> validate each dataset (bad input fails at
 once, no retries) -> plan shards from each model's resource profile -> embed
-every dataset x model x shard (one mapped task per shard, in the pool of the
-profile's GPU type) -> merge shards into one output per dataset and model ->
+every dataset x model x shard (one mapped task per run of consecutive shards,
+one warm runner process each, in the pool of the profile's GPU type) -> merge shards into one output per dataset and model ->
 report (kNN label transfer and silhouette vs a PCA baseline, UMAPs, HTML) ->
 provenance record.
 
@@ -125,14 +125,22 @@ def helical_embedding():
 
     @task(trigger_rule="all_done")
     def plan_shards(validated: list, params=None, run_id=None, dag=None) -> dict:
-        """Shards from each profile's cells_per_shard, by pool; merges; reports (datasets
-        that passed validation go on even when others failed)."""
+        """Shards from each profile's cells_per_shard, embedded by warm runners in runs of
+        consecutive shards sized from the profile's cells/s and start-up, by pool; merges;
+        reports (datasets that passed validation go on even when others failed)."""
         good = jobs.validated_datasets(validated)
         if not good:
             raise AirflowFailException("no dataset passed validation: see the validate task logs")
         models, overrides = _checked(plan.models_and_overrides, params)
         root = plan.run_root(params["output_root"], run_id)
-        planned = plan.plan_run(validated=good, models=models, overrides=overrides, run_root=root)
+        planned = plan.plan_run(
+            validated=good,
+            models=models,
+            overrides=overrides,
+            run_root=root,
+            slots=backend.executor_slots(),
+            gpus=backend.gives_gpus(),
+        )
         for pool in profiles.known_pools():
             task_id = f"embed_{plan.task_suffix(pool)}"
             planned[task_id] = jobs.embed_jobs(

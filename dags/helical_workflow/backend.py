@@ -32,3 +32,25 @@ def runner_operator() -> type:
     from . import containers
 
     return containers.RunnerDockerOperator if kind == "docker" else containers.RunnerPodOperator
+
+
+def gives_gpus() -> bool:
+    """Whether runner jobs get the GPUs their profiles ask for: pods always, containers
+    when configured (:func:`~helical_workflow.containers.docker_gpus`); the local
+    backend runs on the worker's own devices, planned as CPU (the slower figure)."""
+    kind = backend_name()
+    if kind == "local":
+        return False
+    if kind == "docker":
+        from . import containers
+
+        return containers.docker_gpus()
+    return True
+
+
+def executor_slots() -> int:
+    """Tasks the executor runs at once (Airflow's ``core.parallelism``): the planner
+    cuts work into at least this many embed tasks when there is enough of it."""
+    from airflow.configuration import conf
+
+    return max(1, conf.getint("core", "parallelism", fallback=1))

@@ -93,22 +93,25 @@ def validated_datasets(validated: list[dict[str, Any]] | None) -> list[dict[str,
 
 
 def embed_jobs(
-    shards: list[dict[str, Any]], *, dag_id: str, task_id: str, run_id: str
+    tasks: list[dict[str, Any]], *, dag_id: str, task_id: str, run_id: str
 ) -> list[dict[str, Any]]:
-    """One ``helical-runner embed --cells START:STOP`` per planned shard."""
+    """One ``helical-runner embed`` per planned task: its run of shards, each a
+    ``--cells START:STOP --output X`` pair, embedded by one warm runner process."""
     jobs = []
-    for shard in shards:
-        cells = f"{shard['start']}:{shard['stop']}"
+    for task in tasks:
+        shards = task["shards"]
+        cells = f"{shards[0]['start']}:{shards[-1]['stop']}"
         labels = runner.run_labels(dag_id=dag_id, task_id=task_id, run_id=run_id, shard=cells)
-        profile = profiles.load_profile(shard["model"], shard.get("overrides"))
+        profile = profiles.load_profile(task["model"], task.get("overrides"))
+        count = f" ({len(shards)} shards)" if len(shards) > 1 else ""
         jobs.append(
             {
-                "runner_args": runner.embed_args(shard, labels=labels),
-                "job_label": f"{shard['dataset_name']}/{shard['model']}/{cells}",
-                "data_paths": [shard["dataset"]],
-                "output_root": shard["run_root"],
+                "runner_args": runner.embed_args(task, labels=labels),
+                "job_label": f"{task['dataset_name']}/{task['model']}/{cells}{count}",
+                "data_paths": [task["dataset"]],
+                "output_root": task["run_root"],
                 "job_resources": profile.get("resources") or LIGHT_RESOURCES,
-                "timeout_s": shard["timeout_minutes"] * 60,
+                "timeout_s": task["timeout_minutes"] * 60,
             }
         )
     return jobs

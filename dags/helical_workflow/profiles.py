@@ -24,8 +24,8 @@ RUNNER_FLAGS = {
     "cells_per_chunk": "--cells-per-chunk",
     "precision": "--precision",
 }
-# Fields the DAG itself uses.
-DAG_FIELDS = {"cells_per_shard", "timeout_minutes", "resources"}
+# Fields the DAG itself uses (the last two size embed tasks: helical_workflow.plan).
+DAG_FIELDS = {"cells_per_shard", "timeout_minutes", "resources", "cells_per_second", "startup_s"}
 OVERRIDABLE = set(RUNNER_FLAGS) | DAG_FIELDS
 
 
@@ -84,7 +84,31 @@ def load_profile(model: str, overrides: dict[str, Any] | None = None) -> dict[st
             raise ProfileError(
                 f"profile '{model}': {field} must be a positive integer, not {value!r}"
             )
+    speeds = profile.get("cells_per_second") or {}
+    startup = profile.get("startup_s", 0)
+    if (
+        not isinstance(speeds, dict)
+        or set(speeds) - {"cpu", "gpu"}
+        or not all(_positive_number(v) for v in speeds.values())
+    ):
+        raise ProfileError(
+            f"profile '{model}': cells_per_second must map cpu and/or gpu to positive numbers, "
+            f"not {speeds!r}"
+        )
+    if not _positive_number(startup) and startup != 0:
+        raise ProfileError(f"profile '{model}': startup_s must be a number >= 0, not {startup!r}")
     return profile
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def cells_per_second(profile: dict[str, Any], *, gpus: bool) -> float | None:
+    """The profile's measured throughput of one runner on the device it will get
+    (its GPU when it asks for one and ``gpus``, else CPU); None when not measured."""
+    kind = "gpu" if gpus and gpu_type(profile) else "cpu"
+    return (profile.get("cells_per_second") or {}).get(kind)
 
 
 def gpu_type(profile: dict[str, Any]) -> str | None:

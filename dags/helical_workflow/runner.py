@@ -61,23 +61,16 @@ def validate_args(dataset: str) -> list[str]:
     return ["validate", "--input", dataset, "--json"]
 
 
-def embed_args(shard: dict[str, Any], *, labels: list[str]) -> list[str]:
-    """Arguments of one shard's embed (see :func:`helical_workflow.plan.plan_run`)."""
-    args = [
-        "embed",
-        "--input",
-        shard["dataset"],
-        "--model",
-        shard["model"],
-        "--output",
-        shard["output"],
-        "--cells",
-        f"{shard['start']}:{shard['stop']}",
-    ]
-    if shard.get("sha256"):
-        # validate already hashed the input: no shard re-reads a whole file to hash it
-        args += ["--input-sha256", shard["sha256"]]
-    return [*args, *profiles.runner_overrides(shard.get("overrides") or {}), *labels]
+def embed_args(task: dict[str, Any], *, labels: list[str]) -> list[str]:
+    """Arguments of one embed task: its shards as ``--cells``/``--output`` pairs, in
+    cell order (see :func:`helical_workflow.plan.plan_run`)."""
+    args = ["embed", "--input", task["dataset"], "--model", task["model"]]
+    for shard in task["shards"]:
+        args += ["--cells", f"{shard['start']}:{shard['stop']}", "--output", shard["output"]]
+    if task.get("sha256"):
+        # validate already hashed the input: no task re-reads a whole file to hash it
+        args += ["--input-sha256", task["sha256"]]
+    return [*args, *profiles.runner_overrides(task.get("overrides") or {}), *labels]
 
 
 def merge_args(merge: dict[str, Any]) -> list[str]:

@@ -21,9 +21,13 @@ SHARD = {
     "dataset": "s3://datasets/pbmc/pbmc.h5ad",
     "dataset_name": "pbmc",
     "model": "geneformer",
-    "start": 0,
-    "stop": 50000,
-    "output": "s3://outputs/run1/pbmc/shards/geneformer/000000000-000050000.h5ad",
+    "shards": [
+        {
+            "start": 0,
+            "stop": 50000,
+            "output": "s3://outputs/run1/pbmc/shards/geneformer/000000000-000050000.h5ad",
+        }
+    ],
     "sha256": "ab" * 32,
     "overrides": {"batch_size": 16},
     "timeout_minutes": 180,
@@ -159,7 +163,13 @@ def docker_op(tmp_path, monkeypatch):
     shard = {
         **SHARD,
         "dataset": str(data / "pbmc.h5ad"),
-        "output": str(tmp_path / "runs/r1/pbmc/shards/geneformer/0-10.h5ad"),
+        "shards": [
+            {
+                "start": 0,
+                "stop": 10,
+                "output": str(tmp_path / "runs/r1/pbmc/shards/geneformer/0-10.h5ad"),
+            }
+        ],
     }
     return containers.RunnerDockerOperator(
         task_id="embed_gpu_nvidia_a10g",

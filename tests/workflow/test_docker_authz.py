@@ -65,9 +65,9 @@ def embed_request(monkeypatch):
         "dataset": f"{ROOT}/data/pbmc/pbmc.h5ad",
         "dataset_name": "pbmc",
         "model": "geneformer",
-        "start": 0,
-        "stop": 10,
-        "output": f"{ROOT}/runs/r1/pbmc/shards/geneformer/0-10.h5ad",
+        "shards": [
+            {"start": 0, "stop": 10, "output": f"{ROOT}/runs/r1/pbmc/shards/geneformer/0-10.h5ad"}
+        ],
         "sha256": None,
         "overrides": {},
         "timeout_minutes": 10,

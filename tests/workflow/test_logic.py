@@ -122,14 +122,19 @@ def test_plan_groups_shards_by_pool_and_keeps_merge_order():
         overrides={"geneformer": {"cells_per_shard": 10}, "uce": {"cells_per_shard": 20}},
         run_root="s3://out/run_1",
     )
+    # no measured GPU speed in the profiles: one shard per task, as planned before
     gf = planned["gpu-nvidia-a10g"]
-    assert [(s["start"], s["stop"]) for s in gf] == [(0, 10), (10, 20), (20, 25)]
-    assert [(s["start"], s["stop"]) for s in planned["gpu-nvidia-l40s"]] == [
+    assert [[(s["start"], s["stop"]) for s in t["shards"]] for t in gf] == [
+        [(0, 10)],
+        [(10, 20)],
+        [(20, 25)],
+    ]
+    assert [(s["start"], s["stop"]) for t in planned["gpu-nvidia-l40s"] for s in t["shards"]] == [
         (0, 20),
         (20, 25),
     ]
     merge_gf = next(m for m in planned["merges"] if m["model"] == "geneformer")
-    assert merge_gf["shards"] == [s["output"] for s in gf]
+    assert merge_gf["shards"] == [s["output"] for t in gf for s in t["shards"]]
     assert merge_gf["output"] == "s3://out/run_1/a/embeddings/geneformer.h5ad"
     assert gf[0]["sha256"] == "f" * 64
 
@@ -145,27 +150,33 @@ def test_run_ids_become_safe_paths():
 
 
 def test_embed_command_carries_range_hash_overrides_and_labels():
-    shard = {
+    task = {
         "dataset": "/d/a.h5ad",
         "model": "scgpt",
-        "output": "/o/x.h5ad",
-        "start": 10,
-        "stop": 20,
+        "shards": [
+            {"start": 10, "stop": 20, "output": "/o/x.h5ad"},
+            {"start": 20, "stop": 25, "output": "/o/y.h5ad"},
+        ],
         "sha256": "ab",
         "overrides": {"batch_size": 4},
     }
     labels = runner.run_labels(dag_id="d", task_id="t", run_id="r", shard="10:20")
-    args = runner.embed_args(shard, labels=labels)
-    assert args[:9] == [
+    args = runner.embed_args(task, labels=labels)
+    # one runner for the task: each shard a --cells/--output pair, in cell order
+    assert args[:13] == [
         "embed",
         "--input",
         "/d/a.h5ad",
         "--model",
         "scgpt",
+        "--cells",
+        "10:20",
         "--output",
         "/o/x.h5ad",
         "--cells",
-        "10:20",
+        "20:25",
+        "--output",
+        "/o/y.h5ad",
     ]
     assert args[args.index("--input-sha256") + 1] == "ab"
     assert args[args.index("--batch-size") + 1] == "4"

@@ -26,9 +26,13 @@ SHARD = {
     "dataset": "s3://datasets/pbmc/pbmc.h5ad",
     "dataset_name": "pbmc",
     "model": "geneformer",
-    "start": 0,
-    "stop": 500,
-    "output": "s3://outputs/run1/pbmc/shards/geneformer/000000000-000000500.h5ad",
+    "shards": [
+        {
+            "start": 0,
+            "stop": 500,
+            "output": "s3://outputs/run1/pbmc/shards/geneformer/000000000-000000500.h5ad",
+        }
+    ],
     "sha256": "ab" * 32,
     "overrides": {},
     "timeout_minutes": 180,

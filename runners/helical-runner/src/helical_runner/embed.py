@@ -8,6 +8,8 @@ whose output and manifest already exist for the same key returns at once.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -27,12 +29,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import __version__, logs, metrics, output, profiles, storage, store
+from . import __version__, deferred, logs, metrics, output, profiles, storage, store
 from .adapters import Adapter, adapter_class
 from .dataset import H5AD, iter_chunks
 from .errors import BadInput, RunnerError, Transient
 from .precision import resolve as resolve_precision
-from .validation import EMPTY_FLAG, validate
+from .validation import EMPTY_FLAG, validate_ranges
 
 LOG = logging.getLogger("helical_runner.embed")
 MANIFEST_SUFFIX = ".manifest.json"
@@ -40,10 +42,21 @@ PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
+class Shard:
+    """One output of an embed run: rows ``cells`` ('START:STOP', None = all) to ``output``."""
+
+    output: str
+    cells: str | None = None
+
+
+@dataclass
 class EmbedRequest:
+    """An embed run over one input and model: ``output`` (and ``cells``) for one shard,
+    or ``shards`` for several, embedded in turn with the model loaded once."""
+
     input: str
     model: str
-    output: str
+    output: str | None = None
     profile: str | None = None
     cells: str | None = None
     batch_size: int | None = None
@@ -55,6 +68,15 @@ class EmbedRequest:
     pushgateway: str | None = None
     run_labels: dict[str, str] = field(default_factory=dict)
     progress: bool = True
+    shards: list[Shard] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.output is not None:
+            if self.shards:
+                raise ValueError("give either output (and cells) or shards, not both")
+            self.shards = [Shard(output=self.output, cells=self.cells)]
+        if not self.shards:
+            raise ValueError("an embed run needs an output")
 
 
 def parse_cells(spec: str | None, n_cells: int) -> tuple[int, int]:
@@ -239,11 +261,22 @@ def run_key(**parts) -> str:
 
 
 def embed(req: EmbedRequest) -> dict:
-    """Run (or resume, or skip) one embedding job; returns the manifest."""
-    started_at = datetime.now(UTC)
+    """Run (or resume, or skip) a one-shard embedding job; returns its manifest."""
+    if len(req.shards) != 1:
+        raise ValueError("embed() runs one shard; use embed_shards() for several")
+    return embed_shards(req)[0]
+
+
+def embed_shards(req: EmbedRequest) -> list[dict]:
+    """Run (or resume, or skip) each shard of ``req`` in turn with one loaded model;
+    returns their manifests, in order.
+
+    Shared by all shards: the profile, the model store and adapter (imported and
+    loaded once, when the first shard needs it), the input's hash, its validation
+    and gene layout. Each shard keeps its own run key, parts, output and manifest,
+    exactly as a one-shard run would write them.
+    """
     t0 = time.perf_counter()
-    out = storage.parse(req.output)
-    manifest_loc = out.with_suffix(MANIFEST_SUFFIX)
     adapter_cls = adapter_class(req.model)
     profile = profiles.load(req.profile or adapter_cls.name)
     if profile.model != adapter_cls.name:
@@ -254,11 +287,19 @@ def embed(req: EmbedRequest) -> dict:
     profile = profile.with_overrides(
         batch_size=req.batch_size, cells_per_chunk=req.cells_per_chunk, precision=req.precision
     )
+    outs = [storage.parse(shard.output) for shard in req.shards]
+    repeated = [o.uri for i, o in enumerate(outs) if o.uri in {p.uri for p in outs[:i]}]
+    if repeated:
+        raise BadInput("two shards have the same output", where=repeated[0])
+    for out in outs:
+        check_output_location(out, storage.parse(req.input))
+
+    t = time.perf_counter()
+    import_model_stack(adapter_cls.name)
+    import_s = time.perf_counter() - t
     device = resolve_device(req.device)
     resolved_precision = resolve_precision(profile.precision, device)
     precision = resolved_precision.precision
-
-    check_output_location(out, storage.parse(req.input))
     model_store = req.model_store or os.environ.get(store.STORE_ENV)
     probe = adapter_cls(profile, device=device, precision=precision)
     store_info, artifacts = prepare_model_cache(model_store, probe.artifact_files())
@@ -280,27 +321,160 @@ def embed(req: EmbedRequest) -> dict:
             f"found {input_sha[:12]}...): it changed since it was validated",
             where=req.input,
         )
-    hash_s = time.perf_counter() - t_read
+    process = _Process(
+        shards=len(req.shards),
+        entered=t0,
+        startup_s=_process_age_s() - (time.perf_counter() - t0),
+        import_s=import_s,
+        hash_s=time.perf_counter() - t_read,
+    )
+    try:
+        with H5AD(local_path, uri=req.input) as h5:
+            t = time.perf_counter()
+            ranges = [
+                parse_cells(shard.cells, h5.n_cells) if h5.n_cells else (0, 0)
+                for shard in req.shards
+            ]
+            reports, counts, resolved = validate_ranges(
+                h5, adapter=adapter, cache=store.helical_cache_dir(), ranges=ranges
+            )
+            for report in reports:
+                if not report.ok:
+                    raise BadInput(report.problems[0], where=req.input)
+            process.validate_s = time.perf_counter() - t
+            job = _Job(
+                req=req,
+                h5=h5,
+                counts=counts,
+                resolved=resolved,
+                adapter=adapter,
+                profile=profile,
+                device=device,
+                precision=precision,
+                precision_reason=resolved_precision.reason,
+                artifacts=artifacts,
+                overrides=overrides,
+                model_store=model_store,
+                store_info=store_info,
+                input_sha=input_sha,
+                process=process,
+            )
+            return [
+                job.shard(i, out, start, stop, report)
+                for i, (out, (start, stop), report) in enumerate(
+                    zip(outs, ranges, reports, strict=True)
+                )
+            ]
+    finally:
+        adapter.close()
 
-    with H5AD(local_path, uri=req.input) as h5:
-        start, stop = parse_cells(req.cells, h5.n_cells) if h5.n_cells else (0, 0)
-        report, counts, resolved = validate(
-            h5, adapter=adapter, cache=store.helical_cache_dir(), cells=(start, stop)
-        )
-        if not report.ok:
-            raise BadInput(report.problems[0], where=req.input)
 
+def _process_age_s() -> float:
+    """Seconds since this process started (interpreter start-up and imports included)."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # no /proc (exotic platforms): unknown, not fatal
+        return 0.0
+
+
+@dataclass
+class _Process:
+    """Once-per-process costs, charged to the first shard this process works on.
+
+    ``startup_s``: process start to entering :func:`embed_shards` (interpreter and
+    the runner's own imports); ``import_s``: torch and helical's model module;
+    ``load_s``: building the model; ``first_batch_s``: the first forward batch.
+    """
+
+    shards: int
+    entered: float
+    startup_s: float
+    import_s: float
+    hash_s: float
+    validate_s: float = 0.0
+    load_s: float | None = None
+    first_batch_s: float | None = None
+    charged: bool = False
+    layout: tuple | None = None
+
+    def to_json(self, index: int) -> dict:
+        return {
+            "pid": os.getpid(),
+            "shards": self.shards,
+            "index": index,
+            "startup_s": round(self.startup_s, 4),
+            "import_s": _round(self.import_s),
+            "model_load_s": _round(self.load_s),
+            "first_batch_s": _round(self.first_batch_s),
+            # an exit after the last manifest is written cannot be timed by the process
+            # itself: the runner flushes its logs and leaves with os._exit (cli.entry)
+            "exit": "os._exit after flushing logs",
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+@dataclass
+class _Job:
+    """What every shard of one runner invocation shares."""
+
+    req: EmbedRequest
+    h5: H5AD
+    counts: object
+    resolved: np.ndarray
+    adapter: Adapter
+    profile: profiles.Profile
+    device: str
+    precision: str
+    precision_reason: str
+    artifacts: dict
+    overrides: dict
+    model_store: str | None
+    store_info: store.StoreInfo | None
+    input_sha: str
+    process: _Process
+    obs_frame: pd.DataFrame | None = None
+
+    def obs(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start:stop`` of the input's obs (read once per process)."""
+        if self.obs_frame is None:
+            self.obs_frame = self.h5.obs()
+            self.obs_frame.index = self.obs_frame.index.astype(str)
+        return self.obs_frame.iloc[start:stop].copy()
+
+    def load_model(self, run: metrics.RunMetrics) -> None:
+        """Build the model: once per process, when the first shard needs it."""
+        if self.process.load_s is not None:
+            return
+        t = time.perf_counter()
+        self.adapter.load()
+        self.process.load_s = time.perf_counter() - t
+        run.add_time("load_s", self.process.load_s)
+        # Everything imported and loaded so far lives until exit: keep it out of
+        # the garbage collector's full scans between shards.
+        gc.freeze()
+
+    def shard(self, index: int, out, start: int, stop: int, report) -> dict:
+        """Run (or resume, or skip) one shard; returns its manifest."""
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        req, adapter, profile, h5 = self.req, self.adapter, self.profile, self.h5
+        manifest_loc = out.with_suffix(MANIFEST_SUFFIX)
         key = run_key(
-            input_sha256=input_sha,
+            input_sha256=self.input_sha,
             model=adapter.name,
             helical_model_name=profile.helical_model_name,
-            artifacts=artifacts,
-            overrides=overrides,
+            artifacts=self.artifacts,
+            overrides=self.overrides,
             cells=[start, stop],
             batch_size=profile.batch_size,
             cells_per_chunk=profile.cells_per_chunk,
-            precision=precision,
-            device=device,
+            precision=self.precision,
+            device=self.device,
         )
         if storage.exists(manifest_loc) and storage.exists(out):
             previous = storage.read_json(manifest_loc)
@@ -312,13 +486,27 @@ def embed(req: EmbedRequest) -> dict:
                 return previous
 
         run_labels = dict(req.run_labels)
+        if len(req.shards) > 1:
+            run_labels["shard"] = f"{start}:{stop}"
         labels = metrics.labels_for(
-            adapter.name, device, precision, Path(req.input).name, run_labels
+            adapter.name, self.device, self.precision, Path(req.input).name, run_labels
         )
         run = metrics.RunMetrics(labels=labels, pushgateway=req.pushgateway)
-        run.add_time("hash_s", hash_s)
+        if not self.process.charged:
+            self.process.charged = True
+            # setup: from entering embed_shards to this first shard (profile, imports,
+            # model store, input hash, validation); import, hash and validate also apart
+            run.add_time("startup_s", self.process.startup_s)
+            run.add_time("setup_s", time.perf_counter() - self.process.entered)
+            run.add_time("import_s", self.process.import_s)
+            run.add_time("hash_s", self.process.hash_s)
+            run.add_time("validate_s", self.process.validate_s)
+        demo = bool(self.store_info and self.store_info.is_demo)
         workdir = Path(tempfile.mkdtemp(prefix="helical-runner-"))
         parts = Parts(out, key[:16], workdir)
+        # the adapter's counters run for the whole process: this shard's share
+        batches_before = len(adapter.batch_latencies)
+        counters = (adapter.preprocess_s, adapter.infer_s, batches_before)
         try:
             chunks = list(iter_chunks(start, stop, profile.cells_per_chunk))
             finished = parts.done()
@@ -333,31 +521,35 @@ def embed(req: EmbedRequest) -> dict:
                     "cells": stop - start,
                     "chunks": len(chunks),
                     "resumed_chunks": resumed,
-                    "device": device,
-                    "precision": precision,
+                    "device": self.device,
+                    "precision": self.precision,
                     "batch_size": profile.batch_size,
                     "demo_weights": demo,
+                    "shard": f"{index + 1}/{len(req.shards)}",
                 },
             )
             dim = None
             if todo:
-                t = time.perf_counter()
-                adapter.load()
-                run.add_time("load_s", time.perf_counter() - t)
+                self.load_model(run)
+                if self.process.layout is None:
+                    self.process.layout = gene_layout(self.resolved, adapter)
                 dim = _embed_chunks(
                     h5,
-                    counts,
-                    gene_layout(resolved, adapter),
+                    self.counts,
+                    self.process.layout,
                     adapter,
                     todo,
                     parts,
                     run,
                     stop - start,
                     req.progress,
+                    counters,
                 )
+                if self.process.first_batch_s is None and adapter.batch_latencies:
+                    self.process.first_batch_s = adapter.batch_latencies[0]
+                    run.add_time("first_batch_s", self.process.first_batch_s)
 
-            obs = h5.obs().iloc[start:stop]
-            obs.index = obs.index.astype(str)
+            obs = self.obs(start, stop)
             empty = np.zeros(stop - start, dtype=bool)
             empty[report.empty_rows] = True
             obs[EMPTY_FLAG] = empty
@@ -369,7 +561,7 @@ def embed(req: EmbedRequest) -> dict:
                 "demo_weights": demo,
                 "input": {
                     "uri": req.input,
-                    "sha256": input_sha,
+                    "sha256": self.input_sha,
                     "cells": h5.n_cells,
                     "genes": h5.n_genes,
                 },
@@ -384,9 +576,12 @@ def embed(req: EmbedRequest) -> dict:
                 "model": {
                     "name": adapter.name,
                     "helical_model_name": profile.helical_model_name,
-                    "artifacts": artifacts,
-                    "store": {"uri": model_store, "kind": store_info.kind if store_info else None},
-                    "overrides": overrides,
+                    "artifacts": self.artifacts,
+                    "store": {
+                        "uri": self.model_store,
+                        "kind": self.store_info.kind if self.store_info else None,
+                    },
+                    "overrides": self.overrides,
                 },
                 "profile": profile.to_json(),
                 "embedding": {
@@ -396,34 +591,36 @@ def embed(req: EmbedRequest) -> dict:
                 },
                 "output": out.uri,
                 "versions": versions(),
-                "device": device,
-                "precision": precision,
-                "precision_reason": resolved_precision.reason,
+                "device": self.device,
+                "precision": self.precision,
+                "precision_reason": self.precision_reason,
                 "batch_size": profile.batch_size,
                 "cells_per_chunk": profile.cells_per_chunk,
                 "chunks": len(chunks),
                 "resumed_chunks": resumed,
                 "run_labels": run_labels,
                 "host": socket.gethostname(),
+                "process": self.process.to_json(index),
                 "started_at": started_at.isoformat(),
             }
             t = time.perf_counter()
             _write_output(out, obs, chunks, parts, dim, adapter.name, manifest, workdir)
             run.add_time("write_s", time.perf_counter() - t)
             run.add_time("total_s", time.perf_counter() - t0)
+            latencies = adapter.batch_latencies[batches_before:]
             manifest.update(
                 timings={k: round(v, 4) for k, v in run.timings.items()},
                 cells_per_second=round(run.cells_per_second(), 3),
-                batches=len(adapter.batch_latencies),
-                batch_latency_p50_s=_quantile(adapter.batch_latencies, 0.5),
-                batch_latency_p95_s=_quantile(adapter.batch_latencies, 0.95),
+                batches=len(latencies),
+                batch_latency_p50_s=_quantile(latencies, 0.5),
+                batch_latency_p95_s=_quantile(latencies, 0.95),
                 peak_rss_bytes=metrics.peak_rss_bytes(),
                 peak_gpu_memory_bytes=metrics.peak_gpu_bytes(),
                 finished_at=datetime.now(UTC).isoformat(),
             )
             storage.write_json(manifest_loc, manifest)
             parts.remove_all()
-            run.push(adapter.batch_latencies, final=True)
+            run.push(latencies, final=True)
             LOG.info(
                 "done",
                 extra={
@@ -435,15 +632,32 @@ def embed(req: EmbedRequest) -> dict:
             )
             return manifest
         finally:
-            adapter.close()
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def import_model_stack(model: str) -> None:
+    """Import torch and helical's module of ``model`` (what loading it needs), so the
+    manifest can tell import time from model-building time; what helical imports but
+    embeddings never use is deferred (:mod:`helical_runner.deferred`)."""
+    import importlib
+
+    deferred.defer(*deferred.HEAVY_UNUSED)
+    import torch  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # a model helical does not ship: load() says so
+        importlib.import_module(f"helical.models.{model}")
+    logs.reclaim_root()  # importing helical adds its own root log handler
 
 
 def _quantile(values: list[float], q: float) -> float | None:
     return round(float(np.quantile(values, q)), 5) if values else None
 
 
-def _embed_chunks(h5, counts, layout, adapter, todo, parts, run, total, show_bar) -> int | None:
+def _embed_chunks(
+    h5, counts, layout, adapter, todo, parts, run, total, show_bar, counters=(0.0, 0.0, 0)
+) -> int | None:
+    """Embed and save each chunk of ``todo``; ``counters``: the adapter's preprocessing
+    and inference seconds and batches before this shard (they run for the whole process)."""
     bar = None
     if show_bar and not logs.json_mode() and sys.stderr.isatty():
         from tqdm import tqdm
@@ -488,8 +702,8 @@ def _embed_chunks(h5, counts, layout, adapter, todo, parts, run, total, show_bar
         dim = max(dim or 0, embeddings.shape[1]) or None
         run.cells_done += hi - lo
         run.cells_this_run += hi - lo
-        run.timings["preprocess_s"] = adapter.preprocess_s
-        run.timings["embed_s"] = adapter.infer_s
+        run.timings["preprocess_s"] = adapter.preprocess_s - counters[0]
+        run.timings["embed_s"] = adapter.infer_s - counters[1]
         if bar is not None:
             bar.update(hi - lo)
         else:
@@ -501,7 +715,7 @@ def _embed_chunks(h5, counts, layout, adapter, todo, parts, run, total, show_bar
                     "cells_per_second": round(run.cells_per_second(), 2),
                 },
             )
-        run.push(adapter.batch_latencies)
+        run.push(adapter.batch_latencies[counters[2] :])
     if bar is not None:
         bar.close()
     return dim

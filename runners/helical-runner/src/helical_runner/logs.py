@@ -6,7 +6,6 @@ lines; people at a terminal get a progress bar and short messages.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -59,19 +58,17 @@ class TextFormatter(logging.Formatter):
         self.with_traceback = with_traceback
 
 
+_HANDLER: logging.Handler | None = None
+
+
 def configure(verbose: bool = False) -> None:
     """Route every logger (helical's included) through one stderr handler."""
-    # Importing the helical package adds its own root handler; import it first
-    # so that handler is replaced below instead of doubling every line later.
-    with contextlib.suppress(ImportError):
-        import helical  # noqa: F401
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_mode() else TextFormatter(with_traceback=verbose))
+    global _HANDLER
+    _HANDLER = logging.StreamHandler(sys.stderr)
+    _HANDLER.setFormatter(JsonFormatter() if json_mode() else TextFormatter(with_traceback=verbose))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
     root.setLevel(logging.INFO)
+    reclaim_root()
     # helical and its stack log every step of every chunk; keep their warnings only.
     for noisy in (
         "helical",
@@ -84,3 +81,18 @@ def configure(verbose: bool = False) -> None:
         "urllib3",
     ):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def reclaim_root() -> None:
+    """Make the runner's handler the root logger's only one again.
+
+    Importing the helical package adds its own root handler (every line would
+    appear twice); helical is imported only by the commands that run a model,
+    long after :func:`configure`, so they call this once it is imported.
+    """
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old is not _HANDLER:
+            root.removeHandler(old)
+    if _HANDLER is not None and _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)

@@ -25,6 +25,8 @@ REQUIRED = (
     "timeout_minutes",
     "resources",
 )
+# Read by the DAG's planner only (how much work one embed task gets); optional.
+PLANNING = ("cells_per_second", "startup_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Profile:
     cells_per_shard: int
     timeout_minutes: int
     resources: dict[str, Any]
+    cells_per_second: dict[str, float] | None = None
+    startup_s: float | None = None
     source: str = ""
 
     def with_overrides(self, **changes: Any) -> Profile:
@@ -74,7 +78,7 @@ def load(name_or_path: str) -> Profile:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise BadInput(f"profile misses {', '.join(missing)}", where=str(path))
-    unknown = sorted(set(data) - set(REQUIRED))
+    unknown = sorted(set(data) - set(REQUIRED) - set(PLANNING))
     if unknown:
         raise BadInput(f"profile has unknown keys {', '.join(unknown)}", where=str(path))
     return validate(Profile(**data, source=str(path)))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import storage
+from . import logs, storage
 from .errors import BadInput, Transient
 
 LOG = logging.getLogger(__name__)
@@ -215,6 +215,8 @@ def _write_scgpt(root: Path, symbols: list[str], overrides: dict) -> None:
     import torch
     from helical.models.scgpt.model_dir import TransformerModel
 
+    logs.reclaim_root()  # importing helical adds its own root log handler
+
     sdir = root / "scgpt" / "scGPT_CP"
     sdir.mkdir(parents=True, exist_ok=True)
     vocab = {s: i for i, s in enumerate(symbols)}
@@ -249,6 +251,8 @@ def _write_scgpt(root: Path, symbols: list[str], overrides: dict) -> None:
 def _write_uce(root: Path, universe: GeneUniverse, overrides: dict) -> None:
     import torch
     from helical.models.uce.uce_model import TransformerModel
+
+    logs.reclaim_root()  # importing helical adds its own root log handler
 
     # helical's UCE looks genes up upper-cased (as UCE's own files spell them)
     symbols = [s.upper() for s in universe.symbols]
@@ -498,6 +502,8 @@ def pull(files: list[str], cache: Path | None = None) -> list[str]:
     """Download files with helical's own downloader (needs helical's hub to be reachable)."""
     from helical.utils.downloader import Downloader
 
+    logs.reclaim_root()  # importing helical adds its own root log handler
+
     downloader = Downloader()
     done = []
     for name in files:
@@ -522,6 +528,7 @@ def guard_helical_downloads(cache: Path | None = None) -> None:
     """
     from helical.utils import downloader as helical_downloader
 
+    logs.reclaim_root()  # importing helical adds its own root log handler
     cache = cache or helical_cache_dir()
 
     def cache_only(self, name: str) -> None:

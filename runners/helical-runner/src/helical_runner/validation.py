@@ -9,6 +9,7 @@ as zeros and flagged). Everything is streamed.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -148,42 +149,71 @@ def validate(
     Returns the report, the counts matrix, and the per-gene identifiers
     spelled as the model's vocabulary ('' for unmapped) when a model is given.
     """
+    (report,), counts, resolved = validate_ranges(
+        h5, adapter=adapter, cache=cache, ranges=[cells or (0, h5.n_cells)]
+    )
+    return report, counts, resolved
+
+
+def validate_ranges(
+    h5: H5AD,
+    *,
+    adapter=None,
+    cache: Path | None = None,
+    ranges: list[tuple[int, int]],
+) -> tuple[list[Report], Matrix | None, np.ndarray | None]:
+    """:func:`validate` for several row ranges at once (the shards of one runner):
+    the file, genes and vocabulary are checked once, the cells of each range on
+    their own; one report per range."""
+    report, counts, resolved, columns, complete = _validate_file(h5, adapter=adapter, cache=cache)
+    if not complete:
+        return [copy.deepcopy(report) for _ in ranges], counts, resolved
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    totals = row_totals(counts, lo, hi, columns)
+    reports = []
+    for start, stop in ranges:
+        one = copy.deepcopy(report)
+        if counts.fmt == "csc" and (stop - start) < h5.n_cells:
+            one.notes.append(
+                "counts are stored CSC: each chunk rescans the matrix; CSR is much faster"
+            )
+        reports.append(_check_cells(one, h5, totals[start - lo : stop - lo], start, adapter))
+    return reports, counts, resolved
+
+
+def _validate_file(h5: H5AD, *, adapter=None, cache: Path | None = None):
+    """Everything but the cells: (report, counts, resolved identifiers, the model's
+    columns, whether the cells can be checked: False after a failure that stops here)."""
     report = Report(input=h5.uri, n_cells=h5.n_cells, n_genes=h5.n_genes)
     if h5.n_cells == 0:
         report.fail("zero cells in the dataset")
     if h5.n_genes == 0:
         report.fail("zero genes in the dataset")
     if not report.ok:
-        return report, None, None
+        return report, None, None, None, False
     if h5.obs_names.has_duplicates:
         dup = h5.obs_names[h5.obs_names.duplicated()]
         report.fail(f"duplicated cell names: {len(dup):,} duplicates, e.g. '{dup[0]}'")
 
-    start, stop = cells or (0, h5.n_cells)
     try:
         counts = h5.counts_matrix()
     except BadInput as exc:
         report.fail(exc.message)
-        return report, None, None
+        return report, None, None, None, False
     report.counts_location, report.matrix_format, report.nnz = counts.where, counts.fmt, counts.nnz
     report.notes += [f"not used for counts: {r}" for r in h5.rejected_candidates]
     if counts.shape[0] != h5.n_cells:
         report.fail(f"{counts.where} has {counts.shape[0]} rows but obs has {h5.n_cells} cells")
-        return report, counts, None
-    if counts.fmt == "csc" and (stop - start) < h5.n_cells:
-        report.notes.append(
-            "counts are stored CSC: each chunk rescans the matrix; CSR is much faster"
-        )
-
+        return report, counts, None, None, False
     var = h5.var(counts.where)
     if len(var) != counts.shape[1]:
         report.fail(f"{counts.where} has {counts.shape[1]} genes but its var has {len(var)}")
-        return report, counts, None
+        return report, counts, None, None, False
     try:
         ids = genes.find_ids(var)
     except BadInput as exc:
         report.fail(exc.message)
-        return report, counts, None
+        return report, counts, None, None, False
     report.gene_id_type = ids.kind
     report.gene_id_source = ids.ensembl_source or ids.symbol_source
     if ids.versioned:
@@ -206,12 +236,12 @@ def validate(
             vocabulary = adapter.vocabulary(cache)
         except BadInput as exc:
             report.fail(exc.message)
-            return report, counts, None
+            return report, counts, None, None, False
         except OSError as exc:
             report.fail(
                 f"model vocabulary unavailable ({exc.strerror}: {exc.filename}); fetch the model store first"
             )
-            return report, counts, None
+            return report, counts, None, None, False
         resolved = genes.to_vocabulary(identifiers, vocabulary)
         report.gene_id_source = source
         report.genes_mapped = int((resolved != "").sum())
@@ -222,7 +252,7 @@ def validate(
                 hint
                 or f"no gene maps onto the {adapter.name} vocabulary (identifiers from {source})"
             )
-            return report, counts, resolved
+            return report, counts, resolved, None, False
         if hint:
             report.notes.append(hint)
         report.duplicate_genes, example = duplicated_identifiers(resolved)
@@ -232,13 +262,17 @@ def validate(
                 f"(e.g. '{example}'): their counts are summed per cell"
             )
         columns = np.flatnonzero(resolved != "")
-    totals = row_totals(counts, start, stop, columns)
+    return report, counts, resolved, columns, True
+
+
+def _check_cells(report: Report, h5: H5AD, totals: np.ndarray, start: int, adapter) -> Report:
+    """Cells of rows ``start:start + len(totals)`` without counts: flagged, or a failure."""
     empty = np.flatnonzero(totals == 0)
     report.cells_without_counts = len(empty)
     report.empty_rows = empty
-    if len(empty) == stop - start:
+    if len(empty) == len(totals):
         report.fail(
-            f"none of the {stop - start:,} cells has counts"
+            f"none of the {len(totals):,} cells has counts"
             + (f" in the {adapter.name} genes" if adapter is not None else "")
         )
     elif len(empty):
@@ -248,4 +282,4 @@ def validate(
             f"{len(empty):,} cells have no counts{where} (e.g. {names}): they get an all-zero "
             f"embedding and obs['{EMPTY_FLAG}'] = True"
         )
-    return report, counts, resolved
+    return report
