@@ -2,7 +2,7 @@
 
 helical's UCE is used for what it does well (config, gene filtering, cell
 sentence sampling, the TransformerModel and its weights); four things are
-replaced, each giving the same weights and the same per-cell embeddings:
+replaced or reordered, each giving the same weights and the same embeddings:
 
 - Loading: helical allocates a zero 145,469 x 5,120 token table (~3 GB)
   before every load, copies the checkpoint's table into it, and loads
@@ -21,6 +21,9 @@ replaced, each giving the same weights and the same per-cell embeddings:
   neighbours. To give exactly helical's embeddings, each cell keeps that
   padding (same tokens, same +1), and only the extra padding of the sorted
   batch is masked out (-inf).
+- The input stage (token table, normalisation, input projection) depends on
+  the token alone, and a chunk's sentences sample the same genes again and
+  again: it runs once per distinct token of the chunk.
 - Only the CLS token is read out: the last encoder layer and the decoder run
   for that token alone (helical computes every position of both, then keeps
   position 0), without projecting the other positions' keys and values
@@ -339,13 +342,21 @@ class UCEAdapter(Adapter):
         lengths = np.array([item[3] for item in items])
         padded = _helical_padded_lengths(lengths, self.model.config["batch_size"])
         device = next(self.model.model.parameters()).device
+        # the input projection depends on the token alone: once per distinct token of the chunk
+        # (plus the padding token, which fills sorted batches beyond helical's padding)
+        used = [item[0][0, :n] for item, n in zip(items, padded, strict=True)]
+        pad = torch.tensor([self.model.config["pad_token_idx"]], dtype=used[0].dtype)
+        vocab = torch.unique(torch.cat([*used, pad])).long()
+        with torch.no_grad(), self.autocast():
+            encoded = self._encode_tokens(vocab.to(device))
 
         def embed(positions):
             longest = int(padded[positions].max())
             ids = torch.cat([items[i][0][:, :longest] for i in positions]).long()
+            rows = torch.searchsorted(vocab, ids)
             mask = _attention_bias(lengths[positions], padded[positions], longest)
             with torch.no_grad():
-                return self._forward(ids.to(device), mask.to(device)).cpu().numpy()
+                return self._forward(encoded, rows.to(device), mask.to(device)).cpu().numpy()
 
         return run_length_batched(
             padded,
@@ -354,13 +365,24 @@ class UCEAdapter(Adapter):
             max_items=self.profile.batch_size,
         )
 
-    def _embed_batch(self, ids, bias):
-        """(cells, tokens) ids and their key-padding bias -> (cells, output_dim) embeddings."""
+    def _encode_tokens(self, ids, rows_at_once: int = 8192):
+        """helical's per-token input stage (scaled by sqrt(d_model)) for each of ``ids``."""
         import torch
 
         model = self.model.model
-        tokens = torch.nn.functional.normalize(model.pe_embedding(ids.T), dim=2)
-        src = model.pos_encoder(model.encoder(tokens) * math.sqrt(model.d_model))
+        parts = []
+        for start in range(0, len(ids), rows_at_once):
+            tokens = model.pe_embedding(ids[start : start + rows_at_once])
+            tokens = torch.nn.functional.normalize(tokens, dim=1)
+            parts.append(model.encoder(tokens) * math.sqrt(model.d_model))
+        return torch.cat(parts)
+
+    def _embed_batch(self, encoded, rows, bias):
+        """Rows of ``encoded`` per (cell, position) and their key-padding bias -> embeddings."""
+        import torch
+
+        model = self.model.model
+        src = model.pos_encoder(encoded[rows.T])
         *layers, last = model.transformer_encoder.layers
         for layer in layers:
             src = layer(src, src_key_padding_mask=bias)
