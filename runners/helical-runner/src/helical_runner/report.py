@@ -109,10 +109,10 @@ def use_numba_cache() -> Path:
 def _import_umap():
     """umap-learn, with its jitted functions cached on disk like pynndescent's.
 
-    umap-learn compiles its layout and graph functions in every process (they
-    are not declared ``cache=True``): ~10 s per report on a 2-core machine.
-    Turning numba's cache on for its module-level functions before their first
-    call keeps that compiled code in the folder ``use_numba_cache`` chose.
+    umap-learn's graph and layout functions are not declared ``cache=True``,
+    so every process compiled them again (seconds per report on 2 cores).
+    Turning numba's cache on for its module-level functions before their
+    first call keeps that code in the folder ``use_numba_cache`` chose.
     """
     import umap
     import umap.layouts
