@@ -49,6 +49,10 @@ env_runner() {
   pip_in runner --no-deps --ignore-requires-python "helical==3.1.4"
   pip_in runner -c "$REQ/runner-constraints.txt" --no-deps -e "$ROOT/runners/helical-runner"
   "$VENVS/runner/bin/python" -c "import torch, helical, helical_runner" || { log "runner env broken"; exit 1; }
+  # The report's UMAP code is compiled by numba; compile it once here (into the
+  # runner's private cache, ~/.cache/helical-runner/numba) so a first report does not.
+  "$VENVS/runner/bin/python" -c "from helical_runner.report import warm_numba_cache; warm_numba_cache()" \
+    || log "numba cache not warmed (the first report compiles instead)"
   finish runner "${files[@]}"
 }
 

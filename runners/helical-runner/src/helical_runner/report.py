@@ -252,6 +252,16 @@ def umap_coords(emb: np.ndarray, graph: NeighbourGraph) -> np.ndarray:
         return reducer.fit_transform(emb)
 
 
+def warm_numba_cache(cells: int = 300) -> Path:
+    """Compile the report's numba code into the cache now (bootstrap calls this once per
+    runner environment), so a user's first report loads it instead of compiling
+    (~45 s on 2 cores). Returns the cache folder."""
+    folder = use_numba_cache()
+    emb = np.random.default_rng(0).normal(size=(cells, 16)).astype(np.float32)
+    umap_coords(emb, neighbour_graph(emb, UMAP_NEIGHBORS))
+    return folder
+
+
 def umap_figure(coords: np.ndarray, labels: np.ndarray | None, title: str, path: Path) -> None:
     import matplotlib
 
