@@ -118,6 +118,8 @@ def main() -> None:
             "CACHE_DIR_HELICAL_PREFIX": str(tmp / "cache"),
             "HELICAL_RUNNER_MODEL_STORE": str(tmp / "store"),
             "HELICAL_OUTPUT_ROOT": str(tmp / "runs"),
+            # the DAG only reads datasets under these roots (helical_workflow.inputs)
+            "HELICAL_DATASET_ROOTS": str(tmp / "data"),
         }
         full_env = {**os.environ, **env, "HELICAL_RUNNER_LOG_FORMAT": "json"}
 
@@ -141,6 +143,11 @@ def main() -> None:
             state = af.wait(run_id, args.timeout)
             wall_s = time.monotonic() - t0
             tis = af.task_instances(run_id)
+            failed = [ti for ti in tis if str(ti.state.value) in ("failed", "upstream_failed")]
+            if state != "success" or failed:
+                for ti in failed:
+                    print(f"--- {ti.task_id}[{ti.map_index}]\n{af.log(run_id, ti)[-3000:]}")
+                sys.exit(f"run {state}: {[ti.task_id for ti in failed]}")
         embeds = sorted(
             (ti for ti in tis if ti.task_id.startswith("embed_") and ti.map_index >= 0),
             key=lambda ti: ti.map_index,

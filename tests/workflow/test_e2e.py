@@ -25,11 +25,12 @@ def test_every_mapped_task_succeeded(airflow, good_run):
     }
     assert state == "success", f"run ended {state}; tasks not successful: {bad}"
     embeds = [ti for (task, _), ti in tis.items() if task == "embed_gpu_nvidia_a10g"]
-    # pbmc_a: 300 cells -> 2 shards, pbmc_b: 200 -> 2 shards; x 2 models
-    assert len(embeds) == 8
+    # pbmc_a: 300 cells -> 2 shards, pbmc_b: 200 -> 2 shards; x 2 models; little work
+    # for the profiles' CPU speed: one warm runner task per dataset x model
+    assert len(embeds) == 4
     assert {ti.rendered_map_index for ti in embeds} >= {
-        "pbmc_a/geneformer/0:150",
-        "pbmc_b/scgpt/150:200",
+        "pbmc_a/geneformer/0:300 (2 shards)",
+        "pbmc_b/scgpt/0:200 (2 shards)",
     }
     assert len([k for k in tis if k[0] == "merge"]) == 4
     assert len([k for k in tis if k[0] == "report"]) == 2

@@ -338,9 +338,10 @@ def embed_shards(req: EmbedRequest) -> list[dict]:
             reports, counts, resolved = validate_ranges(
                 h5, adapter=adapter, cache=store.helical_cache_dir(), ranges=ranges
             )
-            for report in reports:
+            for report, (start, stop) in zip(reports, ranges, strict=True):
                 if not report.ok:
-                    raise BadInput(report.problems[0], where=req.input)
+                    where = f"{req.input} (cells {start}:{stop})" if len(ranges) > 1 else req.input
+                    raise BadInput(report.problems[0], where=where)
             process.validate_s = time.perf_counter() - t
             job = _Job(
                 req=req,
