@@ -67,31 +67,34 @@ def uneven_cells():
     return {"ensembl": (X, obs, ensembl), "symbol": (X, obs, symbols)}
 
 
-def loaded_adapter(name: str, bundle, *, batch_size: int, max_tokens: int):
-    cls = adapter_class(name)
-    profile = profiles.load(name).with_overrides(
-        batch_size=batch_size, max_tokens_per_batch=max_tokens, precision="fp32"
-    )
-    probe = cls(profile, device="cpu", precision="fp32")
-    info = store.fetch(str(bundle), files=probe.artifact_files())
-    store.guard_helical_downloads(store.helical_cache_dir())
-    adapter = cls(profile, device="cpu", precision="fp32", overrides=info.overrides[name])
-    adapter.load()
-    return adapter
+@pytest.fixture(scope="module")
+def helical_reference(bundle, uneven_cells):
+    """Per model: the loaded adapter, its processed cells and helical's get_embeddings of them."""
+    made = {}
+    for name in ("geneformer", "scgpt"):
+        cls = adapter_class(name)
+        profile = profiles.load(name).with_overrides(batch_size=8, precision="fp32")
+        probe = cls(profile, device="cpu", precision="fp32")
+        info = store.fetch(str(bundle), files=probe.artifact_files())
+        store.guard_helical_downloads(store.helical_cache_dir())
+        adapter = cls(profile, device="cpu", precision="fp32", overrides=info.overrides[name])
+        adapter.load()
+        X, obs, genes = uneven_cells[adapter.gene_id]
+        adata = ad.AnnData(X=X.copy(), obs=obs.copy(), var=pd.DataFrame(index=genes))
+        prepared = adapter.prepare(adata)
+        theirs = np.asarray(adapter.model.get_embeddings(prepared), dtype=np.float32)
+        made[name] = (adapter, prepared, theirs)
+    return made
 
 
 @pytest.mark.parametrize("model", ["geneformer", "scgpt"])
 @pytest.mark.parametrize("max_tokens", [2500, 200_000])
-def test_length_batched_embeddings_equal_helicals(bundle, uneven_cells, model, max_tokens):
-    adapter = loaded_adapter(model, bundle, batch_size=8, max_tokens=max_tokens)
-    X, obs, genes = uneven_cells[adapter.gene_id]
-    prepared = adapter.prepare(
-        ad.AnnData(X=X.copy(), obs=obs.copy(), var=pd.DataFrame(index=genes))
-    )
+def test_length_batched_embeddings_equal_helicals(helical_reference, model, max_tokens):
+    adapter, prepared, theirs = helical_reference[model]
+    adapter.profile = adapter.profile.with_overrides(max_tokens_per_batch=max_tokens)
+    adapter.batch_latencies.clear()
 
     ours = np.asarray(adapter.infer(prepared), dtype=np.float32)
-    forwards = len(adapter.batch_latencies)
-    theirs = np.asarray(adapter.model.get_embeddings(prepared), dtype=np.float32)
 
     assert ours.shape == theirs.shape and ours.shape[0] == N_CELLS
     assert np.isfinite(ours).all()
@@ -99,7 +102,7 @@ def test_length_batched_embeddings_equal_helicals(bundle, uneven_cells, model, m
     # rows really are per cell (not one vector repeated) and in input order
     assert len({tuple(np.round(r, 4)) for r in ours}) == N_CELLS
     if max_tokens == 2500:
-        assert forwards > N_CELLS // 8, "a small token budget must split batches further"
+        assert len(adapter.batch_latencies) > N_CELLS // 8, "a small budget splits batches"
 
 
 def test_auto_precision_uses_fast_units_only():

@@ -1,9 +1,10 @@
 """Which floating-point precision a run uses, and why.
 
 ``auto`` picks a reduced precision only where the device computes it
-natively, because emulated half precision is slower than fp32, not faster:
-on this project's 2-core AMD EPYC (AVX512-BF16 but no AMX) bf16 autocast ran
-Geneformer several times slower than fp32 (benchmarks/results/precision_cpu.json).
+natively, because without fast units half precision is slower than fp32,
+not faster: on this project's 2-core AMD EPYC (AVX512-BF16, no AMX) bf16
+autocast ran real-size Geneformer at 0.77x of fp32 (0.86 vs 1.12 cells/s,
+benchmarks/results/precision_cpu.json).
 
 - CUDA: bf16 from compute capability 8.0 (Ampere) on, fp16 on 7.x (tensor
   cores without bf16), fp32 below.
