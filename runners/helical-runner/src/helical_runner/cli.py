@@ -7,6 +7,7 @@ Exit codes (docs/contracts.md): 0 success, 2 bad input or configuration
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
@@ -477,11 +478,13 @@ def entry() -> None:
 
     By then every output is written and closed; what is left is the interpreter's
     teardown (a final garbage collection over the ~570k objects torch, helical and
-    the model hold: 3.5-4.5 s). Logs and stdout are flushed, then the process ends
-    with ``os._exit``. Failures exit normally.
+    the model hold: 3.5-4.5 s). Exit handlers run, logs and stdout are flushed, then
+    the process ends with ``os._exit``. Failures exit normally.
     """
     code = main()
     if code == 0:
+        # what was registered to run at exit (temp folders to remove) still runs
+        atexit._run_exitfuncs()
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # closed or broken pipe
