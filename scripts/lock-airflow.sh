@@ -24,5 +24,9 @@ trap 'rm -rf "$TMP"' EXIT
   echo "# with $("$PY" --version). Do not edit by hand: edit airflow.in and re-run."
   "$TMP/venv/bin/python" -m pip freeze --all --exclude-editable \
     | grep -v -E '^(pip|setuptools|wheel)==' | LC_ALL=C sort -f
+  # Debian bookworm's Python 3.11.2 (the offline Airflow image, scripts/compose-images.sh)
+  # needs what the freeze on a newer 3.11 leaves out:
+  echo "# Debian bookworm's Python 3.11.2 (the offline Airflow image): redis-py needs it below 3.11.3"
+  echo 'async-timeout==5.0.1 ; python_full_version < "3.11.3"'
 } > "$ROOT/requirements/airflow.lock"
 echo "wrote requirements/airflow.lock ($(grep -c '==' "$ROOT/requirements/airflow.lock") pins)"

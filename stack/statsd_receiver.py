@@ -259,8 +259,9 @@ def _fmt(value: float) -> str:
 
 
 def _split_address(address: str) -> tuple[str, int]:
+    """``host:port``; ``:port`` (statsd_exporter's form) means every interface."""
     host, _, port = address.rpartition(":")
-    return host or "127.0.0.1", int(port)
+    return host or "0.0.0.0", int(port)
 
 
 def serve(mapping: Path, statsd_address: str, web_address: str) -> None:
@@ -279,9 +280,20 @@ def serve(mapping: Path, statsd_address: str, web_address: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mapping", type=Path, required=True, help="statsd_exporter mapping YAML")
-    parser.add_argument("--statsd-address", default="127.0.0.1:9125", help="UDP host:port")
-    parser.add_argument("--web-address", default="127.0.0.1:9102", help="HTTP host:port")
+    # The second spelling of each flag is prom/statsd-exporter's, so the compose
+    # file's command line runs this receiver unchanged (docker-compose.offline.yml).
+    parser.add_argument(
+        "--mapping", "--statsd.mapping-config", type=Path, required=True,
+        help="statsd_exporter mapping YAML",
+    )  # fmt: skip
+    parser.add_argument(
+        "--statsd-address", "--statsd.listen-udp", default="127.0.0.1:9125",
+        help="UDP host:port (':port' listens on every interface)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--web-address", "--web.listen-address", default="127.0.0.1:9102",
+        help="HTTP host:port (':port' listens on every interface)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(args.mapping, args.statsd_address, args.web_address)

@@ -162,6 +162,10 @@ def _runner_owned_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         os.chown(folder, RUNNER_UID, RUNNER_UID)
+    else:
+        # A non-root worker (compose: uid 50000 in the runner group) under a setgid
+        # output root: the folder keeps the runner group and is writable for it.
+        folder.chmod(0o2775)
 
 
 class RunnerDockerOperator(RunnerStep, DockerOperator):
@@ -248,6 +252,9 @@ class RunnerDockerOperator(RunnerStep, DockerOperator):
                 self.log.warning("runner container %s: %s", container["Id"][:12], exc)
 
     def execute(self, context: Any) -> Any:
+        ti = context["ti"]
+        self.labels = {**(self.labels or {}), **task_instance_labels(ti)}
+        self._remove_earlier_tries()
         try:
             out = super().execute(context)
         except DockerContainerFailedException as exc:
@@ -255,6 +262,45 @@ class RunnerDockerOperator(RunnerStep, DockerOperator):
             lines = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in lines]
             self._fail(docker_exit_code(exc), runner.error_line(lines) or str(exc))
         return self._finish(context, out)
+
+    def _remove_earlier_tries(self) -> None:
+        """Force-remove containers an earlier try of this task instance left behind.
+
+        A worker that dies (SIGKILL, OOM, a node gone) never runs ``on_kill``, so its
+        runner container goes on writing the same shard files; the retry must not
+        run beside it. Containers are found by the task instance's labels.
+        """
+        filters = {"label": [f"{k}={v}" for k, v in self.labels.items() if k in TI_LABEL_KEYS]}
+        try:
+            stale = self.cli.containers(all=True, filters=filters)
+        except Exception as exc:  # the engine unreachable: the run itself will say so
+            self.log.warning("could not list earlier runner containers: %s", exc)
+            return
+        for container in stale:
+            self.log.warning(
+                "removing runner container %s left by an earlier try (%s)",
+                container["Id"][:12],
+                container.get("Status", ""),
+            )
+            try:
+                self.cli.remove_container(container["Id"], force=True)
+            except Exception as exc:
+                self.log.warning("runner container %s: %s", container["Id"][:12], exc)
+
+
+#: Labels naming the task instance a runner container belongs to.
+TI_LABEL_KEYS = (
+    "helical.ai/dag-id",
+    "helical.ai/run-id",
+    "helical.ai/task-id",
+    "helical.ai/map-index",
+)
+
+
+def task_instance_labels(ti: Any) -> dict[str, str]:
+    """Docker labels of one task instance (all tries), values as Airflow names them."""
+    values = (ti.dag_id, ti.run_id, ti.task_id, str(getattr(ti, "map_index", -1)))
+    return dict(zip(TI_LABEL_KEYS, values, strict=True))
 
 
 def _docker_memory(quantity: str | None) -> str | None:

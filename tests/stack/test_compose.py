@@ -61,7 +61,9 @@ def config(env_file) -> dict:
 def test_generated_env_file_is_private_and_complete(env_file):
     assert env_file.stat().st_mode & 0o077 == 0
     passwords = env_file.parent / "airflow-passwords.json"
-    assert passwords.stat().st_mode & 0o077 == 0
+    # 0660 to group 0, the Airflow user's group inside the containers; nobody else
+    stat = passwords.stat()
+    assert stat.st_mode & 0o007 == 0 and (stat.st_mode & 0o070 == 0 or stat.st_gid == 0)
     text = env_file.read_text()
     for key in (
         "POSTGRES_PASSWORD",

@@ -41,6 +41,7 @@ class Airflow:
     ):
         self.home = home
         self.port = free_port()
+        self.user = "tester"
         self.password = secrets.token_urlsafe(16)
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = {
@@ -156,7 +157,7 @@ class Airflow:
     def token(self) -> str:
         req = urllib.request.Request(
             f"{self.url}/auth/token",
-            data=json.dumps({"username": "tester", "password": self.password}).encode(),
+            data=json.dumps({"username": self.user, "password": self.password}).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
