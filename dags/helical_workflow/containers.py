@@ -252,9 +252,10 @@ class RunnerDockerOperator(RunnerStep, DockerOperator):
                 self.log.warning("runner container %s: %s", container["Id"][:12], exc)
 
     def execute(self, context: Any) -> Any:
-        ti = context["ti"]
-        self.labels = {**(self.labels or {}), **task_instance_labels(ti)}
-        self._remove_earlier_tries()
+        ti = context.get("ti")
+        if ti is not None:
+            self.labels = {**(self.labels or {}), **task_instance_labels(ti)}
+            self._remove_earlier_tries()
         try:
             out = super().execute(context)
         except DockerContainerFailedException as exc:

@@ -19,8 +19,9 @@ import rego.v1
 
 default allow := false
 
-# The API path without its version prefix: /v1.41/containers/create -> /containers/create
-path := regex.replace(input.Path, `^/v[0-9.]+`, "")
+# The API path without its version prefix and query string:
+# /v1.41/containers/abc/attach?stream=1 -> /containers/abc/attach
+path := regex.replace(regex.replace(input.Path, `[?].*$`, ""), `^/v[0-9.]+`, "")
 
 # Reads the operator needs (image presence, container state and logs).
 allow if {
