@@ -40,7 +40,7 @@ LOG = logging.getLogger("helical_runner.calibrate")
 CACHE_ENV = "HELICAL_RUNNER_CALIBRATION_CACHE"
 #: cells timed at each precision (after a warm-up batch): a few batches at the
 #: profiles' batch sizes, seconds with the demo bundle
-CALIBRATION_CELLS = 32
+CALIBRATION_CELLS = 16
 WARMUP_CELLS = 4
 ROUNDS = 2
 #: the candidate must beat fp32 by this much; a tie keeps fp32 (exact)
