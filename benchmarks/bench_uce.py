@@ -307,7 +307,7 @@ def bench_real(args, work: Path) -> dict:
     median = {name: statistics.median(s) for name, s in seconds.items()}
     diff = float(np.max(np.abs(outputs["runner"] - outputs["helical_direct"])))
     speedup = median["helical_direct"] / median["runner"]
-    total = {k: load_s[k] + median[k] for k in paths}
+    total = {k: load_s[k] + median[k] for k in ("helical_direct", "runner")}
     return {
         "shape": (
             "UCE 4-layer: token_dim 5,120, d_model 1,280, 20 heads, d_hid 5,120, output 1,280, "
