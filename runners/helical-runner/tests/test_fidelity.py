@@ -211,3 +211,18 @@ def test_decide_needs_speed_and_fidelity():
     assert calibrate.decide({"speedup": 1.01, "fidelity": good}, "bf16", policy)[0] == "fp32"
     chosen, why = calibrate.decide({"speedup": 2.0, "fidelity": bad}, "bf16", policy)
     assert chosen == "fp32" and "min cosine" in why
+
+
+def test_shards_of_one_process_share_one_measurement(tmp_path, bundle, small):
+    a, b = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
+    code = run(
+        "embed", "--input", small["symbol-csr"], "--model", "scgpt", "--model-store", bundle,
+        "--precision", "bf16", "--cells", "0:150", "--output", a, "--cells", "150:300",
+        "--output", b,
+    )  # fmt: skip
+    assert code == 0
+    first, second = manifest_of(a)["fidelity"], manifest_of(b)["fidelity"]
+    assert first["cells"] == 150 and "measured_on_an_earlier_shard" not in first
+    assert second["measured_on_an_earlier_shard"] is True
+    assert second["cosine"] == first["cosine"]
+    assert "fidelity_s" not in manifest_of(b)["timings"]
