@@ -20,9 +20,12 @@
     chromosome positions. Cell lengths: real detected-gene counts of
     pbmc68k_reduced cells (as bench_vs_helical.py); UCE samples 1,024 genes
     per cell, so a sentence is 1,024 genes + CLS + 2 tokens per chromosome.
+    With ``--precisions fp32,auto`` (default) also helical direct under CPU
+    bf16 autocast and the runner at the precision ``auto`` picks (calibrated
+    here), with fidelity against fp32 on the same cells, as bench_vs_helical.py.
 
     nice .venvs/runner/bin/python benchmarks/bench_uce.py [--parts demo,real]
-        [--cells 16] [--rounds 3] [--batch-size 8] [--demo-rounds 2]
+        [--cells 16] [--rounds 3] [--batch-size 8] [--demo-rounds 2] [--precisions fp32,auto]
 
 Prints JSON and writes benchmarks/results/uce.json.
 """
@@ -46,7 +49,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_helical import counts_with_lengths, real_cell_lengths  # noqa: E402
+import bench_vs_helical  # noqa: E402
+from bench_vs_helical import (  # noqa: E402
+    bf16_autocast,
+    counts_with_lengths,
+    cpu_facts,
+    pick_auto,
+    real_cells,
+)
 
 RUNNER_DATA = ROOT / ".cache" / "runner-data"
 RESULT = ROOT / "benchmarks" / "results" / "uce.json"
@@ -225,12 +235,15 @@ def bench_real(args, work: Path) -> dict:
     symbols = write_real_size(cache)
     write_s = time.perf_counter() - t
     store.guard_helical_downloads(cache)
-    lengths = real_cell_lengths(args.cells)
+    lengths, labels = real_cells(args.cells)
     X = counts_with_lengths(lengths, len(symbols))
     obs = pd.DataFrame(index=[f"cell-{i}" for i in range(args.cells)])
 
-    def fresh():
-        return ad.AnnData(X=X.copy(), obs=obs.copy(), var=pd.DataFrame(index=symbols))
+    def fresh(n=None):
+        rows = slice(0, n)
+        return ad.AnnData(
+            X=X[rows].copy(), obs=obs.iloc[rows].copy(), var=pd.DataFrame(index=symbols)
+        )
 
     load_s, rss = {}, {"start": _rss_mib()}
     # runner first: its mapped files do not count helical's copies
@@ -251,6 +264,7 @@ def bench_real(args, work: Path) -> dict:
     rss["after_helical_load"] = _rss_mib()
 
     split = {"helical_direct": [], "runner": []}  # (process_data, forward) seconds per round
+    current = {"name": None}  # the path being timed
 
     def helical_embed(adata):
         with working_directory(helical_dir):
@@ -258,7 +272,7 @@ def bench_real(args, work: Path) -> dict:
             dataset = helical.process_data(adata)
             mid = time.perf_counter()
             out = helical.get_embeddings(dataset)
-        split["helical_direct"].append((mid - t, time.perf_counter() - mid))
+        split.setdefault(current["name"], []).append((mid - t, time.perf_counter() - mid))
         return out
 
     def runner_embed(adata):
@@ -266,25 +280,34 @@ def bench_real(args, work: Path) -> dict:
         prepared = adapter.prepare(adata)
         mid = time.perf_counter()
         out = adapter.infer(prepared)
-        split["runner"].append((mid - t, time.perf_counter() - mid))
+        split.setdefault(current["name"], []).append((mid - t, time.perf_counter() - mid))
         return out
 
     paths = {"helical_direct": helical_embed, "runner": runner_embed}
+    auto = None
+    if "auto" in args.precisions.split(","):
+        auto = pick_auto(adapter, fresh)
+        paths["helical_direct_bf16"] = bf16_autocast(float_outputs(helical, helical_embed))
+        if auto["chosen"] != "fp32":
+            paths[f"runner_{auto['chosen']}"] = runner_embed
     seconds = {name: [] for name in paths}
     outputs = {}
     for _ in range(args.rounds):
         for name, embed in paths.items():
+            adapter.precision = name.split("_")[-1] if name.startswith("runner_") else "fp32"
+            current["name"] = name
             t = time.perf_counter()
             outputs[name] = np.asarray(embed(fresh()), dtype=np.float32)
             seconds[name].append(time.perf_counter() - t)
     with working_directory(helical_dir):
         dataset = helical.process_data(fresh())
         sentence = np.array([dataset[i][3] for i in range(len(dataset))])
+    adapter.precision = "fp32"
     adapter.close()
     median = {name: statistics.median(s) for name, s in seconds.items()}
     diff = float(np.max(np.abs(outputs["runner"] - outputs["helical_direct"])))
     speedup = median["helical_direct"] / median["runner"]
-    total = {k: load_s[k] + median[k] for k in paths}
+    total = {k: load_s[k] + median[k] for k in ("helical_direct", "runner")}
     return {
         "shape": (
             "UCE 4-layer: token_dim 5,120, d_model 1,280, 20 heads, d_hid 5,120, output 1,280, "
@@ -306,7 +329,9 @@ def bench_real(args, work: Path) -> dict:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "embed_seconds_per_round": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
         "process_data_vs_forward_seconds_per_round": {
-            k: [[round(a, 2), round(b, 2)] for a, b in v] for k, v in split.items()
+            k: [[round(a, 2), round(b, 2)] for a, b in v]
+            for k, v in split.items()
+            if k in ("helical_direct", "runner")
         },
         "forward_speedup_median": round(
             statistics.median(b for _, b in split["helical_direct"])
@@ -320,7 +345,40 @@ def bench_real(args, work: Path) -> dict:
         "goal_met": speedup >= GOAL_SPEEDUP,
         "max_abs_diff": diff,
         "identical_within_1e-5": diff <= 1e-5,
+        "helical_direct_bf16_note": (
+            "torch.autocast('cpu', bfloat16) around process_data + get_embeddings; helical's "
+            "get_embeddings fails on the bf16 output (.numpy() of BFloat16), so the model's "
+            "outputs are cast to float32 (float_outputs)"
+        ),
+        **(
+            bench_vs_helical.precision_summary("uce", auto, median, outputs, labels)
+            if auto is not None
+            else {}
+        ),
     }
+
+
+def float_outputs(helical, embed):
+    """helical's UCE ``get_embeddings`` calls ``.numpy()`` on the model's output, which
+    fails on bfloat16 under autocast (TypeError: unsupported ScalarType BFloat16); the
+    smallest fix a user can make from outside: the model's outputs cast to float32."""
+    import torch
+
+    def run(adata):
+        forward = helical.model.forward
+
+        def as_float(*args, **kwargs):
+            return tuple(
+                o.float() if isinstance(o, torch.Tensor) else o for o in forward(*args, **kwargs)
+            )
+
+        helical.model.forward = as_float
+        try:
+            return embed(adata)
+        finally:
+            helical.model.forward = forward
+
+    return run
 
 
 def _load_average() -> list[float]:
@@ -336,8 +394,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--demo-rounds", type=int, default=2)
     parser.add_argument("--before-rev", default="88f9c9c")
+    parser.add_argument("--precisions", default="fp32,auto")
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args()
+    bench_vs_helical.POLICY = bench_vs_helical._policy()
     parts = args.parts.split(",")
 
     work = Path(tempfile.mkdtemp(prefix="bench-uce-"))
@@ -349,10 +409,12 @@ def main() -> None:
 
     report = {
         "what": "UCE: demo embed end to end; runner adapter vs helical direct at real size",
-        "precision_real": "fp32",
+        "precision_real": "fp32 both sides; then helical direct under bf16 autocast and the "
+        "runner at the precision auto picks (calibrated here)",
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        **cpu_facts(),
         "machine": platform.machine(),
     }
     try:

@@ -10,7 +10,19 @@ the medians of the rounds are compared, and the outputs must agree.
   the masked-LM head; length-sorted, token-bounded batches), ``prepare`` +
   ``infer`` on the same AnnData.
 
-Shapes (random weights written at helical's paths, fp32, CPU):
+Precisions: both sides at fp32, and at reduced precision side by side:
+helical direct under ``torch.autocast("cpu", dtype=torch.bfloat16)`` around
+``get_embeddings`` (what a user would write), and the runner at the
+precision ``auto`` picks on this machine: :func:`helical_runner.calibrate.calibrate`
+with a fresh cache (its flags pre-filter, timing and fidelity rule), then the
+adapter at that precision. Fidelity against fp32 on the same cells
+(:func:`helical_runner.fidelity.compare`): per-cell cosine (min, p1, median)
+and kNN label-transfer agreement with the sampled PBMCs' ``bulk_labels``
+(random weights: the agreement says whether neighbourhoods survive the
+precision change, not whether labels are right). The CPU model and its
+precision flags are in the JSON.
+
+Shapes (random weights written at helical's paths, CPU):
 - Geneformer gf-6L-10M-i2048: 6 layers, 256 hidden, 4 heads, 512 intermediate,
   2,048 positions, 25,424-gene vocabulary (Geneformer v1's size).
 - scGPT whole-human: 512-d, 12 layers, 8 heads, d_hid 512, its real
@@ -24,7 +36,8 @@ that many random expressed genes. Geneformer keeps up to 2,048 of them,
 scGPT samples down to 1,200.
 
     nice .venvs/runner/bin/python benchmarks/bench_vs_helical.py \
-        [--models geneformer,scgpt] [--cells 24] [--rounds 3] [--batch-size 8]
+        [--models geneformer,scgpt] [--cells 24] [--rounds 3] [--batch-size 8] \
+        [--precisions fp32,auto]
 
 Prints JSON and writes benchmarks/results/vs_helical.json.
 """
@@ -49,16 +62,95 @@ RESULT = ROOT / "benchmarks" / "results" / "vs_helical.json"
 GENEFORMER_VOCAB = 25_424
 GENEFORMER_SHAPE = {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 512}
 SCGPT_SHAPE = {"embsize": 512, "nheads": 8, "d_hid": 512, "nlayers": 12}
-GOALS = {"geneformer": 3.0, "scgpt": 1.5}
+GOALS = {"geneformer": 3.0, "scgpt": 1.5, "uce": 1.5}
+FIDELITY_GOAL = {"min_cosine": 0.99, "median_cosine": 0.999}
 
 
-def real_cell_lengths(cells: int, seed: int = 0) -> np.ndarray:
-    """Detected genes per cell of real PBMCs (pbmc68k_reduced obs['n_genes'])."""
+def _policy():
+    from helical_runner.fidelity import Policy
+
+    return Policy()
+
+
+POLICY = None  # the profiles' default fidelity policy, set in main() (after imports)
+
+
+def real_cells(cells: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Detected genes per cell of real PBMCs (pbmc68k_reduced obs['n_genes']) and
+    the same cells' ``bulk_labels``."""
     import anndata as ad
 
     adata = ad.read_h5ad(RUNNER_DATA / "datasets" / "pbmc68k_reduced.h5ad", backed="r")
     n_genes = adata.obs["n_genes"].to_numpy()
-    return np.random.default_rng(seed).choice(n_genes, size=cells, replace=False)
+    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
+    picked = np.random.default_rng(seed).choice(len(n_genes), size=cells, replace=False)
+    return n_genes[picked], labels[picked]
+
+
+def real_cell_lengths(cells: int, seed: int = 0) -> np.ndarray:
+    """Detected genes per cell of real PBMCs (pbmc68k_reduced obs['n_genes'])."""
+    return real_cells(cells, seed)[0]
+
+
+def cpu_facts() -> dict:
+    """CPU model and the flags that matter for reduced precision (/proc/cpuinfo)."""
+    from helical_runner.calibrate import cpu_model
+    from helical_runner.precision import PRECISION_FLAGS, cpu_flags, resolve
+
+    flags = cpu_flags()
+    return {
+        "cpu_model": cpu_model(),
+        "precision_flags": sorted(f for f in PRECISION_FLAGS if f in flags),
+        "auto_prefilter": resolve("auto", "cpu").__dict__,
+    }
+
+
+def bf16_autocast(fn):
+    """``fn`` under CPU bf16 autocast, as a user would wrap helical's get_embeddings."""
+    import torch
+
+    def wrapped(adata):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(adata)
+
+    return wrapped
+
+
+def pick_auto(adapter, chunk_of) -> dict:
+    """What the runner's ``precision: auto`` picks here: its pre-filter, then its
+    calibration with a fresh cache (so it measures), on these cells."""
+    from helical_runner import calibrate
+    from helical_runner.precision import resolve
+
+    resolved = resolve("auto", adapter.device)
+    if resolved.precision == "fp32":
+        return {"chosen": "fp32", "reason": resolved.reason, "calibrated": False}
+    old = os.environ.get(calibrate.CACHE_ENV)
+    os.environ[calibrate.CACHE_ENV] = tempfile.mkdtemp(prefix="bench-calibration-")
+    try:
+        record = calibrate.calibrate(
+            adapter, {"bench": "random weights"}, resolved.precision, POLICY, chunk_of
+        )
+    finally:
+        if old is None:
+            os.environ.pop(calibrate.CACHE_ENV, None)
+        else:
+            os.environ[calibrate.CACHE_ENV] = old
+    keep = ("candidate", "chosen", "reason", "cells", "best_seconds", "speedup", "fidelity")
+    return {
+        **{k: record[k] for k in keep},
+        "prefilter": resolved.reason,
+        "calibrated": True,
+        "calibration_seconds": record["seconds_spent"],
+    }
+
+
+def fidelity_of(outputs: dict, reference: str, candidate: str, labels) -> dict | None:
+    from helical_runner import fidelity
+
+    if candidate not in outputs or reference not in outputs:
+        return None
+    return fidelity.compare(outputs[reference], outputs[candidate], labels, k=POLICY.knn_k)
 
 
 def counts_with_lengths(lengths: np.ndarray, n_vars: int, seed: int = 1):
@@ -121,7 +213,8 @@ def helical_direct(model: str, batch_size: int):
 
 
 def runner_adapter(model: str, batch_size: int):
-    """The runner's adapter with its profile (batch size as helical's); returns (embed, adapter)."""
+    """The runner's adapter with its profile (batch size as helical's), at fp32; returns
+    (embed, adapter). Set ``adapter.precision`` to run it at another precision."""
     from helical_runner import profiles
     from helical_runner.adapters import adapter_class
 
@@ -137,28 +230,43 @@ def bench_model(model: str, genes: list[str], args) -> dict:
     import anndata as ad
     import pandas as pd
 
-    lengths = real_cell_lengths(args.cells)
+    lengths, labels = real_cells(args.cells)
     X = counts_with_lengths(lengths, len(genes))
     obs = pd.DataFrame(index=[f"cell-{i}" for i in range(args.cells)])
 
-    def fresh():
-        return ad.AnnData(X=X.copy(), obs=obs.copy(), var=pd.DataFrame(index=genes))
+    def fresh(n=None):
+        rows = slice(0, n)
+        return ad.AnnData(
+            X=X[rows].copy(), obs=obs.iloc[rows].copy(), var=pd.DataFrame(index=genes)
+        )
 
-    paths = {"helical_direct": helical_direct(model, args.batch_size)}
-    paths["runner"], adapter = runner_adapter(model, args.batch_size)
+    helical = helical_direct(model, args.batch_size)
+    runner, adapter = runner_adapter(model, args.batch_size)
+    precisions = args.precisions.split(",")
+    paths = {"helical_direct": helical, "runner": runner}
+    auto = None
+    if "auto" in precisions:
+        auto = pick_auto(adapter, fresh)
+        paths["helical_direct_bf16"] = bf16_autocast(helical)
+        if auto["chosen"] != "fp32":
+            paths[f"runner_{auto['chosen']}"] = runner
+    if "fp32" not in precisions:
+        paths = {k: v for k, v in paths.items() if k not in ("helical_direct", "runner")}
     seconds = {name: [] for name in paths}
     outputs = {}
     for _ in range(args.rounds):
         for name, embed in paths.items():
+            adapter.precision = name.split("_")[-1] if name.startswith("runner_") else "fp32"
             t = time.perf_counter()
             outputs[name] = np.asarray(embed(fresh()), dtype=np.float32)
             seconds[name].append(time.perf_counter() - t)
+    adapter.precision = "fp32"
     median = {name: statistics.median(s) for name, s in seconds.items()}
     diff = float(np.max(np.abs(outputs["runner"] - outputs["helical_direct"])))
     cap = 2048 if model == "geneformer" else 1200
     tokens = np.minimum(lengths + (model == "scgpt"), cap)
     speedup = median["helical_direct"] / median["runner"]
-    return {
+    result = {
         "shape": (
             "gf-6L-10M-i2048: 6 layers, 256 hidden, 4 heads, 25,424-gene vocabulary"
             if model == "geneformer"
@@ -173,7 +281,6 @@ def bench_model(model: str, genes: list[str], args) -> dict:
         },
         "batch_size": args.batch_size,
         "runner_max_tokens_per_batch": adapter.profile.max_tokens_per_batch,
-        "runner_forward_batches": len(adapter.batch_latencies) // args.rounds,
         "seconds_per_round": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
         "cells_per_second_median": {k: round(args.cells / v, 3) for k, v in median.items()},
         "speedup": round(speedup, 3),
@@ -181,6 +288,42 @@ def bench_model(model: str, genes: list[str], args) -> dict:
         "goal_met": speedup >= GOALS[model],
         "max_abs_diff": diff,
         "identical_within_1e-5": diff <= 1e-5,
+    }
+    if auto is not None:
+        result.update(precision_summary(model, auto, median, outputs, labels))
+    return result
+
+
+def precision_summary(model: str, auto: dict, median: dict, outputs: dict, labels) -> dict:
+    """The reduced-precision side of one model's comparison."""
+    chosen = auto["chosen"]
+    runner_auto = "runner" if chosen == "fp32" else f"runner_{chosen}"
+    fid = {
+        f"{runner_auto}_vs_runner_fp32": fidelity_of(outputs, "runner", runner_auto, labels),
+        "helical_direct_bf16_vs_helical_direct_fp32": fidelity_of(
+            outputs, "helical_direct", "helical_direct_bf16", labels
+        ),
+    }
+    auto_speedup = median["helical_direct"] / median[runner_auto]
+    runner_fid = fid[f"{runner_auto}_vs_runner_fp32"] or {}
+    cos = runner_fid.get("cosine") or {"min": 1.0, "median": 1.0}
+    return {
+        "auto": auto,
+        "fidelity_vs_fp32_same_cells": fid,
+        "speedup_auto_vs_helical_fp32": round(auto_speedup, 3),
+        "speedup_auto_vs_helical_bf16": round(
+            median["helical_direct_bf16"] / median[runner_auto], 3
+        ),
+        "speedup_runner_bf16_vs_helical_bf16": (
+            round(median["helical_direct_bf16"] / median["runner_bf16"], 3)
+            if "runner_bf16" in median
+            else None
+        ),
+        "goal_auto_met": bool(
+            auto_speedup >= GOALS[model]
+            and cos["min"] >= FIDELITY_GOAL["min_cosine"]
+            and cos["median"] >= FIDELITY_GOAL["median_cosine"]
+        ),
     }
 
 
@@ -190,9 +333,12 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precisions", default="fp32,auto")
     parser.add_argument("--output", type=Path, default=RESULT)
     args = parser.parse_args()
     models = args.models.split(",")
+    global POLICY
+    POLICY = _policy()
 
     work = Path(tempfile.mkdtemp(prefix="bench-vs-helical-"))
     os.environ["CACHE_DIR_HELICAL_PREFIX"] = str(work)
@@ -211,8 +357,10 @@ def main() -> None:
             "real detected genes per cell: scanpy pbmc68k_reduced obs['n_genes'] "
             "(700 PBMCs; mean 1,186, 1,001-2,605), sampled with seed 0"
         ),
-        "precision": "fp32",
+        "precision": "fp32 both sides; then helical direct under bf16 autocast and the runner "
+        "at the precision auto picks (calibrated here)",
         "device": "cpu",
+        **cpu_facts(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),

@@ -29,7 +29,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import __version__, deferred, logs, metrics, output, profiles, storage, store
+from . import (
+    __version__,
+    calibrate,
+    deferred,
+    fidelity,
+    logs,
+    metrics,
+    output,
+    profiles,
+    storage,
+    store,
+)
 from .adapters import Adapter, adapter_class
 from .dataset import H5AD, iter_chunks
 from .errors import BadInput, RunnerError, Transient
@@ -69,6 +80,8 @@ class EmbedRequest:
     run_labels: dict[str, str] = field(default_factory=dict)
     progress: bool = True
     shards: list[Shard] = field(default_factory=list)
+    #: keys of the profile's ``fidelity`` section to override for this run
+    fidelity: dict | None = None
 
     def __post_init__(self) -> None:
         if self.output is not None:
@@ -285,8 +298,12 @@ def embed_shards(req: EmbedRequest) -> list[dict]:
             where=profile.source,
         )
     profile = profile.with_overrides(
-        batch_size=req.batch_size, cells_per_chunk=req.cells_per_chunk, precision=req.precision
+        batch_size=req.batch_size,
+        cells_per_chunk=req.cells_per_chunk,
+        precision=req.precision,
+        fidelity=req.fidelity,
     )
+    policy = profile.fidelity_policy()
     outs = [storage.parse(shard.output) for shard in req.shards]
     repeated = [o.uri for i, o in enumerate(outs) if o.uri in {p.uri for p in outs[:i]}]
     if repeated:
@@ -300,6 +317,8 @@ def embed_shards(req: EmbedRequest) -> list[dict]:
     device = resolve_device(req.device)
     resolved_precision = resolve_precision(profile.precision, device)
     precision = resolved_precision.precision
+    # auto with native reduced-precision units: measured before it is used (calibrate.py)
+    candidate = precision if profile.precision == "auto" and precision != "fp32" else None
     model_store = req.model_store or os.environ.get(store.STORE_ENV)
     probe = adapter_cls(profile, device=device, precision=precision)
     store_info, artifacts = prepare_model_cache(model_store, probe.artifact_files())
@@ -353,6 +372,7 @@ def embed_shards(req: EmbedRequest) -> list[dict]:
                 device=device,
                 precision=precision,
                 precision_reason=resolved_precision.reason,
+                policy=policy,
                 artifacts=artifacts,
                 overrides=overrides,
                 model_store=model_store,
@@ -360,6 +380,8 @@ def embed_shards(req: EmbedRequest) -> list[dict]:
                 input_sha=input_sha,
                 process=process,
             )
+            if candidate is not None:
+                job.calibrate(candidate, ranges[0][0])
             return [
                 job.shard(i, out, start, stop, report)
                 for i, (out, (start, stop), report) in enumerate(
@@ -398,6 +420,7 @@ class _Process:
     load_s: float | None = None
     first_batch_s: float | None = None
     charged: bool = False
+    load_charged: bool = False
     layout: tuple | None = None
 
     def to_json(self, index: int) -> dict:
@@ -432,6 +455,7 @@ class _Job:
     device: str
     precision: str
     precision_reason: str
+    policy: fidelity.Policy
     artifacts: dict
     overrides: dict
     model_store: str | None
@@ -439,6 +463,14 @@ class _Job:
     input_sha: str
     process: _Process
     obs_frame: pd.DataFrame | None = None
+    #: the manifest's ``calibration`` record (auto runs whose device offered a candidate)
+    calibration: dict | None = None
+    #: seconds the calibration took, charged to the first shard's timings
+    calibration_s: float | None = None
+    #: why the process fell back to fp32 after a fidelity shortfall, once it has
+    fell_back: dict | None = None
+    #: the fidelity record of the first shard this process embedded at reduced precision
+    measured: dict | None = None
 
     def obs(self, start: int, stop: int) -> pd.DataFrame:
         """Rows ``start:stop`` of the input's obs (read once per process)."""
@@ -447,27 +479,136 @@ class _Job:
             self.obs_frame.index = self.obs_frame.index.astype(str)
         return self.obs_frame.iloc[start:stop].copy()
 
-    def load_model(self, run: metrics.RunMetrics) -> None:
-        """Build the model: once per process, when the first shard needs it."""
-        if self.process.load_s is not None:
-            return
-        t = time.perf_counter()
-        self.adapter.load()
-        self.process.load_s = time.perf_counter() - t
-        run.add_time("load_s", self.process.load_s)
-        # Everything imported and loaded so far lives until exit: keep it out of
-        # the garbage collector's full scans between shards.
-        gc.freeze()
+    def load_model(self, run: metrics.RunMetrics | None = None) -> None:
+        """Build the model: once per process, when the first shard (or the
+        calibration, or a fidelity check) needs it."""
+        if self.process.load_s is None:
+            t = time.perf_counter()
+            self.adapter.load()
+            self.process.load_s = time.perf_counter() - t
+            # Everything imported and loaded so far lives until exit: keep it out of
+            # the garbage collector's full scans between shards.
+            gc.freeze()
+        if run is not None and not self.process.load_charged:
+            self.process.load_charged = True
+            run.add_time("load_s", self.process.load_s)
 
-    def shard(self, index: int, out, start: int, stop: int, report) -> dict:
-        """Run (or resume, or skip) one shard; returns its manifest."""
-        started_at = datetime.now(UTC)
-        t0 = time.perf_counter()
-        req, adapter, profile, h5 = self.req, self.adapter, self.profile, self.h5
-        manifest_loc = out.with_suffix(MANIFEST_SUFFIX)
+    def layout(self):
+        """The input's gene layout for this model (computed once per process)."""
+        if self.process.layout is None:
+            self.process.layout = gene_layout(self.resolved, self.adapter)
+        return self.process.layout
+
+    def sample(self, lo: int, hi: int, label_key: str | None = None):
+        """Rows ``lo:hi`` as a chunk (cells with counts only) and those cells' labels
+        from obs ``label_key`` (None when the input has no such column)."""
+        chunk, has_counts = build_chunk(
+            self.counts.rows(lo, hi), self.h5.obs_names[lo:hi], self.layout()
+        )
+        labels = None
+        if label_key:
+            obs = self.obs(lo, hi)
+            if label_key in obs.columns:
+                labels = obs[label_key].astype(str).to_numpy()[has_counts]
+        return chunk, labels
+
+    def calibrate(self, candidate: str, start: int) -> None:
+        """Decide ``auto`` between fp32 and ``candidate`` (cached measurement on the
+        first cells from ``start``); sets the precision every shard then runs."""
+        t = time.perf_counter()
+        stop = self.h5.n_cells
+
+        def chunk_of(n: int):
+            return self.sample(start, min(stop, start + n))[0]
+
+        record = calibrate.calibrate(
+            self.adapter,
+            self.artifacts,
+            candidate,
+            self.policy,
+            chunk_of,
+            load=self.load_model,
+        )
+        self.calibration = record
+        self.calibration_s = time.perf_counter() - t
+        self.precision = record["chosen"]
+        self.adapter.precision = self.precision
+        self.precision_reason = f"{self.precision_reason}; calibrated: {record['reason']}" + (
+            " (cached)" if record["cache_hit"] else ""
+        )
+
+    def check_fidelity(self, start: int, stop: int, where: str) -> dict:
+        """Embed the shard's first cells at fp32 and at the run's precision and compare;
+        fail (BadInput) or fall back to fp32 below the profile's thresholds."""
+        policy = self.policy
+        t = time.perf_counter()
+        self.load_model()
+        chunk, labels = self.sample(start, min(stop, start + policy.sample_cells), policy.label_key)
+        if chunk.n_obs == 0:
+            figures = fidelity.compare(np.zeros((0, 0)), np.zeros((0, 0)))
+        else:
+            prepared = self.adapter.prepare(chunk)
+            reference, _ = calibrate.embed_at(self.adapter, prepared, "fp32")
+            candidate, _ = calibrate.embed_at(self.adapter, prepared, self.precision)
+            figures = fidelity.compare(reference, candidate, labels, k=policy.knn_k)
+        low = fidelity.shortfalls(figures, policy)
+        record = {
+            "precision": self.precision,
+            "against": "fp32",
+            "sample": f"first {policy.sample_cells} cells of the shard with counts (rows {start}:"
+            f"{min(stop, start + policy.sample_cells)})",
+            **figures,
+            "label_key": policy.label_key if labels is not None else None,
+            "thresholds": {
+                "min_cosine": policy.min_cosine,
+                "min_median_cosine": policy.min_median_cosine,
+                "min_knn_agreement": policy.min_knn_agreement,
+            },
+            "on_low_fidelity": policy.on_low_fidelity,
+            "passed": not low,
+            "shortfalls": low,
+            "seconds": round(time.perf_counter() - t, 4),
+        }
+        LOG.info(
+            "fidelity measured",
+            extra={
+                "precision": self.precision,
+                "passed": not low,
+                "figures": fidelity.summary(figures),
+            },
+        )
+        if low and policy.on_low_fidelity == "fail":
+            raise BadInput(
+                f"{self.precision} embeddings are below the profile's fidelity thresholds against "
+                f"fp32: {'; '.join(low)} ({fidelity.summary(figures)}); run with --precision fp32 "
+                "or set fidelity.on_low_fidelity: fp32 in the profile",
+                where=where,
+                reason="low_fidelity",
+            )
+        if low:
+            LOG.warning(
+                "fidelity below the profile's thresholds: running fp32",
+                extra={"precision": self.precision, "shortfalls": low},
+            )
+            record["fell_back_to"] = "fp32"
+            self.fell_back = record
+            self.precision_reason = (
+                f"{self.precision_reason}; {self.precision} fidelity below thresholds "
+                f"({low[0]}): fp32 (on_low_fidelity: fp32)"
+            )
+            self.precision = "fp32"
+            self.adapter.precision = "fp32"
+        else:
+            self.measured = record
+        return record
+
+    def _key_and_previous(self, out, start: int, stop: int) -> tuple[str, dict | None]:
+        """This shard's run key at the current precision, and its manifest when the
+        output is already complete for that key (None otherwise)."""
+        profile = self.profile
         key = run_key(
             input_sha256=self.input_sha,
-            model=adapter.name,
+            model=self.adapter.name,
             helical_model_name=profile.helical_model_name,
             artifacts=self.artifacts,
             overrides=self.overrides,
@@ -477,6 +618,7 @@ class _Job:
             precision=self.precision,
             device=self.device,
         )
+        manifest_loc = out.with_suffix(MANIFEST_SUFFIX)
         if storage.exists(manifest_loc) and storage.exists(out):
             previous = storage.read_json(manifest_loc)
             if previous.get("run_key") == key and previous.get("outcome") == "success":
@@ -484,7 +626,31 @@ class _Job:
                     "output already complete for this input, model and parameters; nothing to do",
                     extra={"output": out.uri},
                 )
-                return previous
+                return key, previous
+        return key, None
+
+    def shard(self, index: int, out, start: int, stop: int, report) -> dict:
+        """Run (or resume, or skip) one shard; returns its manifest."""
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        req, adapter, profile, h5 = self.req, self.adapter, self.profile, self.h5
+        manifest_loc = out.with_suffix(MANIFEST_SUFFIX)
+        key, previous = self._key_and_previous(out, start, stop)
+        if previous is not None:
+            return previous
+        fidelity_record = None
+        if self.precision != "fp32" and self.measured is not None:
+            # one measurement per process: later shards carry the first shard's figures
+            fidelity_record = {**self.measured, "measured_on_an_earlier_shard": True}
+        elif self.precision != "fp32":
+            where = f"{req.input} (cells {start}:{stop})" if len(req.shards) > 1 else req.input
+            fidelity_record = self.check_fidelity(start, stop, where)
+            if self.precision == "fp32":  # fell back: another run key
+                key, previous = self._key_and_previous(out, start, stop)
+                if previous is not None:
+                    return previous
+        elif self.fell_back is not None:
+            fidelity_record = {**self.fell_back, "measured_on_an_earlier_shard": True}
 
         run_labels = dict(req.run_labels)
         if len(req.shards) > 1:
@@ -493,6 +659,12 @@ class _Job:
             adapter.name, self.device, self.precision, Path(req.input).name, run_labels
         )
         run = metrics.RunMetrics(labels=labels, pushgateway=req.pushgateway)
+        if self.process.load_s is not None:
+            self.load_model(run)  # built by the calibration or a fidelity check: charge it here
+        if fidelity_record is not None and not fidelity_record.get("measured_on_an_earlier_shard"):
+            run.add_time("fidelity_s", fidelity_record["seconds"])
+        if self.calibration_s is not None and not self.process.charged:
+            run.add_time("calibration_s", self.calibration_s)
         if not self.process.charged:
             self.process.charged = True
             # setup: from entering embed_shards to this first shard (profile, imports,
@@ -532,12 +704,10 @@ class _Job:
             dim = None
             if todo:
                 self.load_model(run)
-                if self.process.layout is None:
-                    self.process.layout = gene_layout(self.resolved, adapter)
                 dim = _embed_chunks(
                     h5,
                     self.counts,
-                    self.process.layout,
+                    self.layout(),
                     adapter,
                     todo,
                     parts,
@@ -594,7 +764,10 @@ class _Job:
                 "versions": versions(),
                 "device": self.device,
                 "precision": self.precision,
+                "precision_requested": profile.precision,
                 "precision_reason": self.precision_reason,
+                "calibration": self.calibration,
+                "fidelity": fidelity_record,
                 "batch_size": profile.batch_size,
                 "cells_per_chunk": profile.cells_per_chunk,
                 "chunks": len(chunks),

@@ -12,8 +12,11 @@ benchmarks/results/precision_cpu.json).
   matrix multiplications are fast on; AVX512-BF16 alone measured slower than
   fp32 here, so it is not enough. fp16 never (no CPU path is faster).
 
-An explicit ``fp32``/``bf16`` is honoured as asked; ``fp16`` on CPU falls
-back to fp32 as before. The manifest records the result and the reason.
+This is the pre-filter only: where it proposes a reduced precision for
+``auto``, :mod:`helical_runner.calibrate` measures it against fp32 (speed and
+fidelity, cached) before it is used. An explicit ``fp32``/``bf16`` is
+honoured as asked; ``fp16`` on CPU falls back to fp32 as before. The manifest
+records the result and the reason.
 """
 
 from __future__ import annotations

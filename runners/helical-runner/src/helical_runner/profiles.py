@@ -27,6 +27,8 @@ REQUIRED = (
 )
 # Read by the DAG's planner only (how much work one embed task gets); optional.
 PLANNING = ("cells_per_second", "startup_s")
+# Optional: thresholds for runs that are not fp32 (fidelity.py; defaults apply when absent).
+OPTIONAL = ("fidelity",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +47,24 @@ class Profile:
     resources: dict[str, Any]
     cells_per_second: dict[str, float] | None = None
     startup_s: float | None = None
+    #: reduced-precision fidelity thresholds and policy (:class:`~.fidelity.Policy`)
+    fidelity: dict[str, Any] | None = None
     source: str = ""
 
     def with_overrides(self, **changes: Any) -> Profile:
         clean = {k: v for k, v in changes.items() if v is not None}
+        if "fidelity" in clean:  # an override changes the keys it names, keeps the rest
+            clean["fidelity"] = {**(self.fidelity or {}), **clean["fidelity"]}
         return validate(dataclasses.replace(self, **clean))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def fidelity_policy(self):
+        """The validated fidelity policy (defaults for keys the profile leaves out)."""
+        from .fidelity import Policy
+
+        return Policy.from_profile(self.fidelity, where=self.source or self.model)
 
 
 def available() -> list[str]:
@@ -78,7 +90,7 @@ def load(name_or_path: str) -> Profile:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise BadInput(f"profile misses {', '.join(missing)}", where=str(path))
-    unknown = sorted(set(data) - set(REQUIRED) - set(PLANNING))
+    unknown = sorted(set(data) - set(REQUIRED) - set(PLANNING) - set(OPTIONAL))
     if unknown:
         raise BadInput(f"profile has unknown keys {', '.join(unknown)}", where=str(path))
     return validate(Profile(**data, source=str(path)))
@@ -106,4 +118,5 @@ def validate(profile: Profile) -> Profile:
         value = getattr(profile, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadInput(f"{key} must be a positive integer, not {value!r}", where=where)
+    profile.fidelity_policy()  # raises BadInput on a bad fidelity section
     return profile
