@@ -15,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE=1
 
 declare -A ENVS=(
   [runner]="runner system"
-  [workflow]="runner airflow docker"
+  [workflow]="runner airflow tools docker"
   [stack]="runner airflow tools system"
   [infra]="tools checkov"
 )

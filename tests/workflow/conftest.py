@@ -154,7 +154,11 @@ def good_run_conf(data_dir: Path) -> dict:
     return {
         "datasets": [str(data_dir / "pbmc_a"), str(data_dir / "pbmc_b" / "pbmc_b.h5ad")],
         "models": GOOD_RUN_MODELS,
-        "profile_overrides": {m: {"cells_per_shard": 150} for m in GOOD_RUN_MODELS},
+        # fp32: backends are compared within 1e-5, and `auto` calibrates per process
+        # (each container anew), so a reduced precision could differ between them
+        "profile_overrides": {
+            m: {"cells_per_shard": 150, "precision": "fp32"} for m in GOOD_RUN_MODELS
+        },
     }
 
 
@@ -183,4 +187,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "docker: runs the DAG on a real Docker engine (scripts/docker-engine.sh, docker-image.sh)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "compose: docker-compose.yml up on the engine with offline images (scripts/compose-images.sh)",
     )
