@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +26,41 @@ REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_BIN = Path(sys.executable).parent / "airflow"
 DAG_ID = "helical_embedding"
 TERMINAL = {"success", "failed"}
+
+
+class DockerEvents:
+    """The engine's container events for one label, streamed from now on.
+
+    ``docker events --since`` replays from the engine's ring buffer, which holds
+    the last 256 events of every container (health checks of a compose stack fill
+    it within minutes), so early events of a long run are gone by the time a test
+    asks; a stream started before the run sees every one.
+    """
+
+    def __init__(self, env: dict, label: str):
+        cmd = ["docker", "events", "--filter", "type=container", "--filter", f"label={label}",
+               "--format", "{{json .}}"]  # fmt: skip
+        self._proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        self._events: list[dict] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            if line.strip():
+                with self._lock:
+                    self._events.append(json.loads(line))
+
+    def __call__(self, action: str | None = None) -> list[dict]:
+        with self._lock:
+            got = list(self._events)
+        return [e for e in got if action in (None, e.get("status", e.get("Action")))]
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._thread.join(10)
 
 
 def free_port() -> int:

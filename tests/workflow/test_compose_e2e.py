@@ -29,7 +29,7 @@ from pathlib import Path
 
 import airflow_client.client as af
 import pytest
-from harness import REPO, Airflow, free_port
+from harness import REPO, Airflow, DockerEvents, free_port
 
 from conftest import GOOD_RUN_MODELS, RUNNER_PY, good_run_conf, run_root_of
 
@@ -124,15 +124,19 @@ def docker(*args: str, env: dict, check: bool = True) -> Out:
     return Out(proc)
 
 
+RUNNER_ROW = '{{.ID}} {{.Label "helical.ai/step"}} {{.Label "helical.ai/task-id"}} {{.Status}}'
+
+
 def _project_leftovers(env: dict) -> dict[str, list[str]]:
     label = f"label=com.docker.compose.project={PROJECT}"
     return {
         "containers": docker("ps", "-aq", "--filter", label, env=env).stdout.split(),
         "networks": docker("network", "ls", "-q", "--filter", label, env=env).stdout.split(),
         "volumes": docker("volume", "ls", "-q", "--filter", label, env=env).stdout.split(),
+        # id, step, task and state: which task left it, if one did
         "runner containers": docker(
-            "ps", "-aq", "--filter", f"label={LABEL}", env=env
-        ).stdout.split(),
+            "ps", "-a", "--filter", f"label={LABEL}", "--format", RUNNER_ROW, env=env
+        ).stdout.splitlines(),
     }
 
 
@@ -208,16 +212,10 @@ def stack(images, data_dir, runner_env):
 
 @pytest.fixture(scope="module")
 def runner_events(stack):
-    """Runner containers created from here on, from the engine's own event log."""
-    since = str(int(time.time()))
-
-    def events() -> list[dict]:
-        out = docker("events", "--since", since, "--until", str(int(time.time()) + 1),
-                     "--filter", "type=container", "--filter", f"label={LABEL}",
-                     "--format", "{{json .}}", env=stack.docker_env)  # fmt: skip
-        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-    return events
+    """Runner containers' events from here on, streamed from the engine."""
+    events = DockerEvents(stack.docker_env, LABEL)
+    yield events
+    events.close()
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +299,7 @@ def test_every_runner_step_is_its_own_container(stack, compose_good_run, runner_
     bad = {(t.task_id, t.map_index): str(t.state) for t in _tis(stack, run_id)
            if str(t.state.value if t.state else None) not in ("success", "skipped")}  # fmt: skip
     assert state == "success", bad
-    created = [e for e in runner_events() if e.get("status", e.get("Action")) == "create"]
+    created = runner_events("create")
     steps = [e["Actor"]["Attributes"].get("helical.ai/step") for e in created]
     for step, n in {"validate": 2, "embed": 4, "merge": 4, "report": 2, "provenance": 1}.items():
         assert steps.count(step) >= n, (step, steps)
@@ -335,8 +333,14 @@ def test_prometheus_holds_the_three_pictures(stack, compose_good_run):
     assert {"validate", "report"} <= {s["metric"]["task_id"] for s in finished}
     # 2. CPU and memory per runner container (cAdvisor's names)
     runner = 'container_label_app_kubernetes_io_name="helical-runner"'
-    cpu = stack.wait_for_series(f"container_cpu_usage_seconds_total{{{runner}}}")
-    mem = stack.wait_for_series(f"container_memory_working_set_bytes{{{runner}}}")
+    # over the run: an exited container's series ends (cAdvisor forgets it), as on
+    # a dashboard's time range
+    cpu = stack.wait_for_series(
+        f"last_over_time(container_cpu_usage_seconds_total{{{runner}}}[30m])"
+    )
+    mem = stack.wait_for_series(
+        f"max_over_time(container_memory_working_set_bytes{{{runner}}}[30m])"
+    )
     assert any(float(s["value"][1]) > 0 for s in cpu) and any(float(s["value"][1]) > 0 for s in mem)
     steps = {s["metric"].get("container_label_helical_ai_step") for s in cpu}
     assert "embed" in steps, steps

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import airflow_client.client as af
 import pytest
-from harness import REPO, Airflow
+from harness import REPO, Airflow, DockerEvents
 
 from conftest import GOOD_RUN_MODELS, RUNNER_PY, good_run_conf, run_root_of
 
@@ -65,7 +65,7 @@ class ContainerWatch:
 
     def __init__(self, env: dict):
         self.env = env
-        self.since = str(int(time.time()))
+        self.events = DockerEvents(env, LABEL)
         self.inspected: dict[str, dict] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -93,26 +93,10 @@ class ContainerWatch:
         )
         return ids.stdout.split()
 
-    def events(self) -> list[dict]:
-        out = docker(
-            "events",
-            "--since",
-            self.since,
-            "--until",
-            str(int(time.time()) + 1),
-            "--filter",
-            "type=container",
-            "--filter",
-            f"label={LABEL}",
-            "--format",
-            "{{json .}}",
-            env=self.env,
-        )
-        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
     def stop(self):
         self._stop.set()
         self._thread.join(10)
+        self.events.close()
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +158,7 @@ def test_every_task_succeeds_each_step_in_its_own_container(docker_airflow, dock
         if str(t.state.value if t.state else None) not in ("success", "skipped")
     }
     assert state == "success", bad
-    created = [e for e in watch.events() if e.get("status", e.get("Action")) == "create"]
+    created = watch.events("create")
     steps = [e["Actor"]["Attributes"].get("helical.ai/step") for e in created]
     # 2 validate + 4 embed (warm: 2 shards each) + 4 merge + 2 report + 1 provenance,
     # each its own container
