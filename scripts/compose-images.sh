@@ -76,4 +76,5 @@ derive "$ROOT/docker/socket-proxy/Dockerfile" > "$ctx/proxy/Dockerfile"
 build helical-docker-proxy:local "$ctx/proxy"
 
 log "all compose images ready in $((SECONDS - start)) s"
-docker image prune -f >/dev/null 2>&1 || true  # layers of earlier builds
+# No `docker image prune`: the runner build stage is an untagged image, and
+# pruning it throws away the build cache (every later build would take minutes).
