@@ -165,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate_cli.add_parser(sub, run_label=_run_label)
 
+    p = sub.add_parser(
+        "plan", help="quote a run before it starts: shards, tasks, time, device-hours, cost"
+    )
+    p.add_argument("--input", action="append", required=True, help=".h5ad dataset (repeat)")
+    p.add_argument("--model", action="append", required=True, help="model name (repeat)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--parallel", type=int, default=1, help="embed jobs at a time (default 1)")
+    p.add_argument("--prices", help="price table YAML (default: the built-in, dated one)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("profiles", help="show resource profiles")
     p.add_argument("model", nargs="?")
     p.add_argument("--json", action="store_true")
@@ -403,6 +413,21 @@ def cmd_provenance(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .profiles import load
+    from .quote import load_prices, quote, table
+
+    q = quote(
+        args.input,
+        [load(m) for m in args.model],
+        device=args.device,
+        prices=load_prices(args.prices),
+        parallel=args.parallel,
+    )
+    print(json.dumps(q) if args.json else table(q))
+    return 0
+
+
 def cmd_profiles(args) -> int:
     from .profiles import available, load
 
@@ -427,6 +452,7 @@ COMMANDS = {
     "models": cmd_models,
     "demo-data": cmd_demo_data,
     "profiles": cmd_profiles,
+    "plan": cmd_plan,
     "annotate": annotate_cli.run,
 }
 
