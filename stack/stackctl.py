@@ -93,8 +93,8 @@ class Stack:
         self.ports = {name: self.port_base + offset for name, offset in PORTS.items()}
 
     @classmethod
-    def from_env(cls) -> Stack:
-        env = os.environ
+    def from_env(cls, env: dict[str, str] | None = None) -> Stack:
+        env = os.environ if env is None else env
         return cls(
             state=Path(env.get("HELICAL_STACK_STATE", REPO / ".state" / "stack")).resolve(),
             port_base=int(env.get("HELICAL_STACK_PORT_BASE", "18700")),
