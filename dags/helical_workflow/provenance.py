@@ -73,6 +73,10 @@ def encode_record(record: dict[str, Any]) -> str:
 def problems(record: dict[str, Any]) -> list[str]:
     """What makes a run with this record fail although its good outputs are complete."""
     found = []
+    if not record["outputs"] and not (record.get("params") or {}).get("dry_run"):
+        # resolve or plan_shards failed (bad parameters, no dataset passed validation):
+        # the run must not end `success` with nothing in it (a dry run plans nothing)
+        found.append("no output was planned: see the resolve, validate and plan_shards task logs")
     failed = [d["name"] for d in record["datasets"] if d["status"] != "validated"]
     if failed:
         found.append(f"failed validation: {failed}")

@@ -380,3 +380,11 @@ def test_provenance_problems_name_what_is_missing():
         "failed validation: ['b']",
         "outputs missing (an embed or merge task failed): ['a/uce']",
     ]
+
+
+def test_provenance_problems_a_run_that_planned_nothing_fails():
+    # resolve or plan_shards failed: no dataset, no output; the run must not end `success`
+    record = {"datasets": [], "outputs": [], "reports": []}
+    assert provenance.problems(record) == [
+        "no output was planned: see the resolve, validate and plan_shards task logs"
+    ]
