@@ -50,6 +50,11 @@ def merged_manifest(shards: list[dict], out: storage.Location, cells: int) -> di
         "cells_per_second": round(cells / compute, 3) if compute else None,
         "peak_rss_bytes": max(m.get("peak_rss_bytes", 0) for m in shards),
         "peak_gpu_memory_bytes": max(m.get("peak_gpu_memory_bytes", 0) for m in shards),
+        # the span of the shards' work (every shard's own start and end), for provenance
+        "started_at": min((m["started_at"] for m in shards if m.get("started_at")), default=None),
+        "finished_at": max(
+            (m["finished_at"] for m in shards if m.get("finished_at")), default=None
+        ),
         "merged_at": datetime.now(UTC).isoformat(),
     }
 
@@ -78,6 +83,8 @@ def merge_outputs(shards: list[storage.Location], out: storage.Location) -> dict
         target = Path(tmp) / "merged.h5ad"
         merged = merged_manifest(manifests, out, sum(m["selection"]["cells"] for m in manifests))
         output.merge(local, target, provenance=merged)
+        # the sha256 of the file as written, so a reader can tell a whole output from a damaged one
+        merged["output_sha256"] = storage.sha256_file(target)
         storage.put_file(target, out)
         storage.write_json(out.with_suffix(MANIFEST_SUFFIX), merged)
         return merged
