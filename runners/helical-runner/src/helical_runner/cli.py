@@ -175,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prices", help="price table YAML (default: the built-in, dated one)")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "refresh-profiles",
+        help="set the profiles' cells_per_second and startup_s from runs' shard manifests",
+    )
+    p.add_argument("manifests", nargs="+", help="shard manifests or folders of them (a run root)")
+    p.add_argument(
+        "--profiles-dir", help="where to write the profiles (default: the built-in ones)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the figures, write nothing")
+
     p = sub.add_parser("profiles", help="show resource profiles")
     p.add_argument("model", nargs="?")
     p.add_argument("--json", action="store_true")
@@ -384,6 +394,11 @@ def _manifest_summary(manifest: dict) -> dict:
         "model_artifacts": (manifest.get("model") or {}).get("artifacts"),
         "versions": manifest.get("versions"),
         "demo_weights": manifest.get("demo_weights"),
+        # what the run measured, beside the estimate (quote.record_measured)
+        "timings": manifest.get("timings"),
+        "shards": len(manifest.get("shards") or []),
+        "started_at": manifest.get("started_at"),
+        "finished_at": manifest.get("finished_at"),
     }
 
 
@@ -407,9 +422,69 @@ def cmd_provenance(args) -> int:
             continue
         loc = storage.parse(out["output"]).with_suffix(MANIFEST_SUFFIX)
         out.update(_manifest_summary(storage.read_json(loc) if storage.exists(loc) else {}))
+    # the quote beside what was measured, so the next quote can be judged (and the
+    # profiles refreshed: helical-runner refresh-profiles)
+    from .quote import estimate_table, record_estimate, record_measured
+
+    record["estimate"] = record_estimate(record)
+    record["measured"] = record_measured(record)
+    text = estimate_table(record["estimate"], record["measured"])
+    print(text, file=sys.stderr)
     target = storage.parse(args.output)
     storage.write_json(target, record)
-    print(json.dumps({"provenance": target.uri}))
+    print(json.dumps({"provenance": target.uri, "quote": text}))
+    return 0
+
+
+def cmd_refresh_profiles(args) -> int:
+    from . import profiles as profiles_mod
+    from .quote import measured_speeds, refresh_profile_text
+
+    found: list[Path] = []
+    for given in args.manifests:
+        path = Path(given)
+        if path.is_dir():
+            found += sorted(path.rglob("*.manifest.json"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BadInput("no such manifest or folder", where=given)
+    manifests = []
+    for path in found:
+        try:
+            manifests.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"manifest is not JSON: {exc}", where=str(path)) from exc
+    speeds = measured_speeds(manifests)
+    if not speeds:
+        where = ", ".join(args.manifests)
+        raise BadInput("no successful shard manifest found (embed a dataset first)", where=where)
+    folder = Path(args.profiles_dir) if args.profiles_dir else profiles_mod.PROFILES_DIR
+    changes = []
+    for (model, device), speed in sorted(speeds.items()):
+        source = folder / f"{model}.yaml"
+        if not source.is_file():
+            source = profiles_mod.PROFILES_DIR / f"{model}.yaml"
+        if not source.is_file():
+            raise BadInput(f"no profile for model '{model}'", where=str(source))
+        text = refresh_profile_text(source.read_text(), device, speed)
+        changes.append(
+            {"model": model, "device": device, **speed, "profile": str(folder / source.name)}
+        )
+        if not args.dry_run:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / source.name
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(text)
+            try:
+                profiles_mod.load(str(tmp))  # still a valid profile, or the old one stays
+            except BadInput:
+                tmp.unlink()
+                raise
+            tmp.replace(target)
+    print(
+        json.dumps({"manifests": len(manifests), "refreshed": changes, "written": not args.dry_run})
+    )
     return 0
 
 
@@ -453,6 +528,7 @@ COMMANDS = {
     "demo-data": cmd_demo_data,
     "profiles": cmd_profiles,
     "plan": cmd_plan,
+    "refresh-profiles": cmd_refresh_profiles,
     "annotate": annotate_cli.run,
 }
 

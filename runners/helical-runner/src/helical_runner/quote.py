@@ -150,6 +150,7 @@ def model_quote(
         "instance": instance,
         "cells_per_second": rate,
         "startup_s": startup,
+        "busy_s": round(busy, 1),
         "wall_s": round(wall, 1),
         "device_hours": round(busy / 3600 * max(gpus, 1), 4),
         "cost_on_demand": round(instance_hours * float(row["on_demand"]), 4),
@@ -228,3 +229,167 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+# --- a run's estimate beside what it measured (``helical-runner provenance``) -------
+
+#: profile fields a run's ``profile_overrides`` may change that the quote reads
+QUOTED_FIELDS = ("cells_per_shard", "cells_per_second", "startup_s", "resources")
+
+
+def runner_seconds(timings: dict[str, Any]) -> float:
+    """A runner's own seconds from a manifest's timings: process start to the end of its work."""
+    return sum(float(timings.get(k) or 0.0) for k in ("startup_s", "setup_s", "total_s"))
+
+
+def record_estimate(record: dict[str, Any], prices: Prices | None = None) -> dict[str, Any]:
+    """The quote of a run from its provenance record: the validated datasets' cells (read
+    from their headers by the validate step), the run's models with its profile
+    overrides, on the device and with the parallel jobs the DAG planned for
+    (``record["quote"]``). A model that cannot be quoted gets ``error`` instead."""
+    from .profiles import load
+
+    hints = record.get("quote") or {}
+    device = hints.get("device", "cpu")
+    parallel = max(1, int(hints.get("parallel") or 1))
+    params = record.get("params") or {}
+    overrides = params.get("profile_overrides") or {}
+    datasets = [
+        (d.get("name") or d.get("uri"), int(d["validation"]["n_cells"]))
+        for d in record.get("datasets", [])
+        if d.get("status") == "validated" and (d.get("validation") or {}).get("n_cells") is not None
+    ]
+    rows = []
+    for model in params.get("models") or []:
+        try:
+            prices = prices or load_prices()
+            changes = {k: v for k, v in (overrides.get(model) or {}).items() if k in QUOTED_FIELDS}
+            profile = load(model).with_overrides(**changes)
+            rows.append(
+                model_quote(profile, datasets, device=device, prices=prices, parallel=parallel)
+            )
+        except BadInput as exc:
+            rows.append({"model": model, "error": str(exc)})
+    quoted = [r for r in rows if "error" not in r]
+    return {
+        "device": device,
+        "parallel": parallel,
+        "models": rows,
+        "total": {
+            k: round(sum(r[k] for r in quoted), 4)
+            for k in ("busy_s", "wall_s", "device_hours", "cost_on_demand", "cost_spot")
+        },
+        "prices": {"taken": prices.taken, "currency": prices.currency} if prices else None,
+    }
+
+
+def record_measured(record: dict[str, Any]) -> dict[str, Any]:
+    """What the run's merged outputs' manifests measured, per model: cells, shards, the
+    runners' own seconds (their sum is the quote's ``busy_s``), device-hours, and the
+    span from the first shard's start to the last one's end."""
+    from datetime import datetime
+
+    by_model: dict[str, dict[str, Any]] = {}
+    for out in record.get("outputs", []):
+        if out.get("status") != "merged" or not out.get("timings") or not out.get("model"):
+            continue
+        row = by_model.setdefault(
+            out["model"],
+            {"model": out["model"], "cells": 0, "shards": 0, "busy_s": 0.0, "spans": []},
+        )
+        row["cells"] += int(out.get("cells") or 0)
+        row["shards"] += int(out.get("shards") or 0)
+        row["busy_s"] += runner_seconds(out["timings"])
+        if out.get("started_at") and out.get("finished_at"):
+            row["spans"].append((out["started_at"], out["finished_at"]))
+    rows = []
+    for row in by_model.values():
+        spans = row.pop("spans")
+        if spans:
+            start = min(datetime.fromisoformat(a) for a, _ in spans)
+            end = max(datetime.fromisoformat(b) for _, b in spans)
+            row["wall_s"] = round((end - start).total_seconds(), 1)
+        row["busy_s"] = round(row["busy_s"], 1)
+        gpus = int(((record.get("quote") or {}).get("gpus") or {}).get(row["model"]) or 0)
+        row["device_hours"] = round(row["busy_s"] / 3600 * max(gpus, 1), 4)
+        row["cells_per_second"] = round(row["cells"] / row["busy_s"], 3) if row["busy_s"] else None
+        rows.append(row)
+    return {"models": rows, "busy_s": round(sum(r["busy_s"] for r in rows), 1)}
+
+
+def estimate_table(estimate: dict[str, Any], measured: dict[str, Any] | None = None) -> str:
+    """The estimate (and, after a run, what was measured) as plain text for a task log."""
+    seen = {r["model"]: r for r in (measured or {}).get("models", [])}
+    cur = (estimate.get("prices") or {}).get("currency", "USD")
+    lines = [
+        f"quote on {estimate['device']}, {estimate['parallel']} job(s) at a time"
+        + (f"; prices taken {estimate['prices']['taken']}" if estimate.get("prices") else "")
+    ]
+    for r in estimate["models"]:
+        if "error" in r:
+            lines.append(f"  {r['model']}: no quote: {r['error']}")
+            continue
+        line = (
+            f"  {r['model']}: {r['cells']:,} cells, {r['shards']} shard(s) on {r['instance']}: "
+            f"~{_duration(r['wall_s'])} wall, {r['busy_s']:.0f} runner-s, "
+            f"{r['device_hours']:.4f} device-h, {cur} {r['cost_on_demand']:.4f} on-demand / "
+            f"{r['cost_spot']:.4f} spot"
+        )
+        m = seen.get(r["model"])
+        if m:
+            line += f"; measured {m['busy_s']:.0f} runner-s"
+            if m.get("wall_s") is not None:
+                line += f", {_duration(m['wall_s'])} wall"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --- better quotes with use: profiles' cells/s and start-up from manifests ----------------
+
+
+def measured_speeds(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """(model, cpu|gpu) -> cells/s and start-up from shard manifests: cells over the
+    shards' own seconds, and the mean start-up (interpreter, imports, setup) of the
+    runner processes they came from."""
+    acc: dict[tuple[str, str], dict[str, float]] = {}
+    for m in manifests:
+        if "shards" in m or m.get("outcome") != "success":
+            continue  # a merged manifest (its shards are counted themselves) or a failure
+        device = "cpu" if str(m.get("device", "cpu")).startswith("cpu") else "gpu"
+        row = acc.setdefault(
+            (m["model"]["name"], device), {"cells": 0, "work_s": 0.0, "startup_s": 0.0, "n": 0}
+        )
+        t = m.get("timings") or {}
+        row["cells"] += int(m["selection"]["cells"])
+        row["work_s"] += float(t.get("total_s") or 0.0)
+        if "startup_s" in t:  # the process's first shard carries its start-up
+            row["startup_s"] += float(t["startup_s"]) + float(t.get("setup_s") or 0.0)
+            row["n"] += 1
+    return {
+        key: {
+            "cells_per_second": round(r["cells"] / r["work_s"], 3) if r["work_s"] else None,
+            "startup_s": round(r["startup_s"] / r["n"], 1) if r["n"] else None,
+            "cells": r["cells"],
+        }
+        for key, r in acc.items()
+    }
+
+
+def refresh_profile_text(text: str, device: str, speed: dict[str, float]) -> str:
+    """The profile YAML with ``cells_per_second[device]`` and ``startup_s`` replaced, its
+    comments and every other line kept."""
+    import re
+
+    data = yaml.safe_load(text)
+    rates = dict(data.get("cells_per_second") or {})
+    if speed.get("cells_per_second"):
+        rates[device] = speed["cells_per_second"]
+    flow = "{" + ", ".join(f"{k}: {v}" for k, v in rates.items()) + "}"
+    out, n = re.subn(r"(?m)^cells_per_second:.*$", f"cells_per_second: {flow}", text)
+    if not n:
+        out = out.rstrip("\n") + f"\ncells_per_second: {flow}\n"
+    if speed.get("startup_s") is not None:
+        out, n = re.subn(r"(?m)^startup_s:.*$", f"startup_s: {speed['startup_s']}", out)
+        if not n:
+            out = out.rstrip("\n") + f"\nstartup_s: {speed['startup_s']}\n"
+    return out
