@@ -79,6 +79,12 @@ def _dag_params() -> dict:
             description='model -> profile fields, e.g. {"geneformer": {"cells_per_shard": 500}}',
         ),
         "label_key": Param("cell_type", type="string", description="obs column with cell labels"),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            description="quote only: validate the datasets and write the time and cost "
+            "estimate (write_provenance log, provenance.json); embed nothing",
+        ),
     }
 
 
@@ -141,6 +147,7 @@ def helical_embedding():
             slots=backend.executor_slots(),
             gpus=backend.gives_gpus(),
         )
+        planned = plan.unless_dry_run(planned, params)
         for pool in profiles.known_pools():
             task_id = f"embed_{plan.task_suffix(pool)}"
             planned[task_id] = jobs.embed_jobs(
@@ -175,6 +182,9 @@ def helical_embedding():
             merged=[m for m in (merged or []) if m],
             reports=[r for r in (reports or []) if r],
         )
+        record["quote"] = plan.quote_hints(
+            ctx["params"], gpus=backend.gives_gpus(), slots=backend.executor_slots()
+        )
         root = plan.run_root(ctx["params"]["output_root"], ctx["run_id"])
         return [jobs.provenance_job(record, run_root=root)]
 
@@ -182,6 +192,8 @@ def helical_embedding():
     def record_provenance(written: list) -> str:
         """The run fails here, after provenance is written, when anything is missing."""
         (result,) = written
+        if result.get("quote"):
+            log.info("%s", result["quote"])  # the estimate beside what was measured
         if result["problems"]:
             message = f"provenance written to {result['provenance']}; " + "; ".join(
                 result["problems"]

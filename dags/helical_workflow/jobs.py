@@ -191,6 +191,7 @@ def provenance_job(
             provenance.encode_record(record),
         ],
         "job_label": "provenance",
+        "want_json": True,  # {"provenance": ..., "quote": the estimate beside the measured}
         "job_result": {
             "provenance": where,
             "problems": provenance.problems(record) if problems is None else problems,

@@ -11,11 +11,14 @@ path-safe)::
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any
 
 from . import profiles
+
+log = logging.getLogger(__name__)
 
 
 def safe_run_id(run_id: str) -> str:
@@ -268,3 +271,26 @@ def longest_timeout_minutes(pool: str) -> int:
         for p in map(profiles.load_profile, profiles.available_models())
         if profiles.pool_name(p) == pool
     )
+
+
+def quote_hints(params: dict[str, Any], *, gpus: bool, slots: int) -> dict[str, Any]:
+    """What ``helical-runner provenance`` needs to quote the run beside what it measured:
+    the device the planner planned for, the embed jobs at once, each model's GPUs per job."""
+    overrides = params.get("profile_overrides") or {}
+    per_job = {}
+    for model in dict.fromkeys(params.get("models") or []):
+        try:
+            profile = profiles.load_profile(model, overrides.get(model))
+        except profiles.ProfileError:
+            continue  # the run already failed on it in resolve; nothing to quote
+        per_job[model] = int(((profile.get("resources") or {}).get("gpu") or {}).get("count") or 0)
+    return {"device": "gpu" if gpus else "cpu", "parallel": max(1, slots), "gpus": per_job}
+
+
+def unless_dry_run(planned: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The plan, or (param ``dry_run``) the same plan with nothing in it: the run
+    validates its datasets and writes the quote (write_provenance), embeds nothing."""
+    if not params.get("dry_run"):
+        return planned
+    log.info("dry run: nothing is embedded; the quote is in the write_provenance task log")
+    return {key: [] for key in planned}

@@ -89,11 +89,11 @@ def load_profile(model: str, overrides: dict[str, Any] | None = None) -> dict[st
     if (
         not isinstance(speeds, dict)
         or set(speeds) - {"cpu", "gpu"}
-        or not all(_positive_number(v) for v in speeds.values())
+        or not all(v is None or _positive_number(v) for v in speeds.values())
     ):
         raise ProfileError(
-            f"profile '{model}': cells_per_second must map cpu and/or gpu to positive numbers, "
-            f"not {speeds!r}"
+            f"profile '{model}': cells_per_second must map cpu and/or gpu to positive numbers "
+            f"(or null: not measured), not {speeds!r}"
         )
     if not _positive_number(startup) and startup != 0:
         raise ProfileError(f"profile '{model}': startup_s must be a number >= 0, not {startup!r}")

@@ -58,8 +58,11 @@ def test_params_and_assets(dagbag):
         "output_root",
         "profile_overrides",
         "label_key",
+        "dry_run",
     }
     assert dag.params["label_key"] == "cell_type"
+    # the trigger form shows the quote-only switch, off by default
+    assert dag.params["dry_run"] is False
     merge = dag.get_task("merge")
     assert [a.name for a in merge.outlets] == ["helical_embeddings"]
 

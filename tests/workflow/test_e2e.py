@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GOOD_RUN_MODELS as MODELS
+from conftest import good_run_conf
 from conftest import read_embedding_shape, read_obs_names
 
 
@@ -96,6 +97,33 @@ def test_provenance_record_is_complete(airflow, good_run):
         assert Path(out["manifest"]).is_file()
         assert out["cells"] in (300, 200) and out["model_artifacts"] and out["versions"]["helical"]
     assert len(record["reports"]) == 2
+    # the quote beside what was measured, per model (local backend: planned as CPU)
+    assert record["estimate"]["device"] == "cpu"
+    quoted = {m["model"]: m for m in record["estimate"]["models"]}
+    seen = {m["model"]: m for m in record["measured"]["models"]}
+    assert set(quoted) == set(seen) == set(MODELS)
+    for model in MODELS:
+        assert quoted[model]["cells"] == seen[model]["cells"] == 500
+        assert quoted[model]["shards"] == seen[model]["shards"] == 4  # 150 cells a shard
+        assert quoted[model]["cost_on_demand"] > 0 and seen[model]["busy_s"] > 0
+
+
+def test_dry_run_quotes_and_embeds_nothing(airflow, data_dir):
+    conf = {**good_run_conf(data_dir), "dry_run": True}
+    run_id = airflow.trigger(conf)
+    assert airflow.wait(run_id, 300) == "success"
+    tis = _states(airflow, run_id)
+    ran = {task for (task, _), ti in tis.items() if str(ti.state.value) == "success"}
+    assert not any(t.startswith(("embed_", "merge", "report")) and t != "report_jobs" for t in ran)
+    root = _run_root(airflow, run_id)
+    assert not list(root.rglob("*.h5ad")), "a dry run writes no embeddings"
+    record = json.loads((root / "provenance.json").read_text())
+    assert record["outputs"] == [] and record["measured"]["models"] == []
+    rows = {m["model"]: m for m in record["estimate"]["models"]}
+    assert set(rows) == set(MODELS) and all(r["shards"] == 4 for r in rows.values())
+    # the quote reads plainly in the last task's log (and the write_provenance log)
+    log = airflow.log(run_id, tis[("record_provenance", -1)])
+    assert "quote on cpu" in log and "geneformer: 500 cells, 4 shard(s)" in log
 
 
 def test_runner_logs_and_labels_reach_the_task_log(airflow, good_run):
