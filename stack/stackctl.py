@@ -17,8 +17,10 @@ Settings (environment):
   HELICAL_STACK_PORT_BASE    first port of the block the stack uses (default 18700, see PORTS)
   HELICAL_STACK_AIRFLOW_VENV Airflow environment (default: <repo>/.venvs/airflow)
   HELICAL_STACK_DAGS         DAG folder (default: <repo>/dags)
-  HELICAL_STACK_WORKER_CONCURRENCY  Celery worker slots (default 2)
-  HELICAL_STACK_POOL_SLOTS   slots of each GPU pool the DAG uses (default: worker concurrency)
+  HELICAL_STACK_POOL_SLOTS   slots of each GPU pool the DAG uses: embed runners at once
+                             (default: one per core, as memory allows 2 GiB each; runner_slots)
+  HELICAL_STACK_WORKER_CONCURRENCY  Celery worker slots (default: pool slots + 2, so the
+                             DAG's light tasks never queue behind embeds; see docs/load.md)
   AIRFLOW__*, HELICAL_*      passed to every Airflow component, overriding the stack defaults
 """
 
@@ -80,6 +82,21 @@ COMPONENTS = (
 )
 
 
+# The worker's slots beyond the pools': the DAG's light tasks (its Python tasks and the
+# runner's validate, merge and provenance steps) run there instead of queueing behind
+# embeds; measured in docs/load.md (benchmarks/bench_load.py).
+LIGHT_SLOTS = 2
+# A runner process with a small model (demo bundle, Geneformer 10M) peaks near 1 GiB;
+# 2 GiB each leaves room for the stack itself.
+RUNNER_MEMORY_GIB = 2
+
+
+def runner_slots() -> int:
+    """Embed runners this machine holds at once: one per core, as memory allows."""
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(os.cpu_count() or 1, int(memory_gib // RUNNER_MEMORY_GIB)))
+
+
 @dataclass
 class Stack:
     state: Path
@@ -87,20 +104,26 @@ class Stack:
     airflow_venv: Path
     dags: Path
     worker_concurrency: int
+    pool_slots: int = 0  # 0: as many as the worker's slots
     ports: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.ports = {name: self.port_base + offset for name, offset in PORTS.items()}
+        self.pool_slots = self.pool_slots or self.worker_concurrency
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Stack:
         env = os.environ if env is None else env
+        pool = int(env.get("HELICAL_STACK_POOL_SLOTS") or runner_slots())
         return cls(
             state=Path(env.get("HELICAL_STACK_STATE", REPO / ".state" / "stack")).resolve(),
             port_base=int(env.get("HELICAL_STACK_PORT_BASE", "18700")),
             airflow_venv=Path(env.get("HELICAL_STACK_AIRFLOW_VENV", REPO / ".venvs" / "airflow")),
             dags=Path(env.get("HELICAL_STACK_DAGS", REPO / "dags")).resolve(),
-            worker_concurrency=int(env.get("HELICAL_STACK_WORKER_CONCURRENCY", "2")),
+            worker_concurrency=int(
+                env.get("HELICAL_STACK_WORKER_CONCURRENCY") or pool + LIGHT_SLOTS
+            ),
+            pool_slots=pool,
         )
 
     # --- paths -------------------------------------------------------------
@@ -519,10 +542,14 @@ def prepare_files(stack: Stack, sec: dict) -> None:
         )  # fmt: skip
         pwfile.unlink()
     redis_dir = _service_dir(stack, "redis", "redis")
+    # The broker's queue survives a Redis restart (append-only file, fsync every second):
+    # without it every queued task's message is gone and waits out the scheduler's
+    # task_queued_timeout before it is queued again (docs/load.md, the fault table).
     _private_file(
         redis_dir / "redis.conf",
         f"bind 127.0.0.1\nport {stack.ports['redis']}\nrequirepass {sec['redis_password']}\n"
-        f'dir {redis_dir}\nsave ""\nappendonly no\nprotected-mode yes\ndaemonize no\n',
+        f'dir {redis_dir}\nsave ""\nappendonly yes\nappendfsync everysec\n'
+        "protected-mode yes\ndaemonize no\n",
         owner="redis",
     )
     _service_dir(stack, "pushgateway", "prometheus")
@@ -619,12 +646,13 @@ def import_pools(stack: Stack, env: dict[str, str], airflow: str) -> None:
     """Create the DAG's GPU pools (one per GPU type in the model profiles).
 
     The DAG puts each embed task in its profile's pool; a pool that does not
-    exist leaves the task scheduled forever. Here one slot per Celery slot:
-    on a laptop the "GPU" work runs on the CPU, as many at once as the worker takes.
+    exist leaves the task scheduled forever. On a laptop the "GPU" work runs on the
+    CPU: ``pool_slots`` runners at once (one per core), while the worker's other
+    slots run the DAG's light tasks (docs/load.md).
     """
     if not (stack.dags / "helical_workflow" / "pools.py").exists():
         return
-    slots = os.environ.get("HELICAL_STACK_POOL_SLOTS", str(stack.worker_concurrency))
+    slots = str(stack.pool_slots)
     pools_json = stack.path("airflow", "pools.json")
     with pools_json.open("w") as out:
         subprocess.run([str(stack.airflow_venv / "bin" / "python"), "-m", "helical_workflow.pools",
