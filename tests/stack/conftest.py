@@ -166,3 +166,10 @@ class Workflow:
             for t in self.task_instances(run_id)
         ]
         return f"task instances: {tis}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "load: many DAG runs at once under faults (benchmarks/bench_load.py); minutes",
+    )
