@@ -183,7 +183,7 @@ def helical_embedding():
             reports=[r for r in (reports or []) if r],
         )
         record["quote"] = plan.quote_hints(
-            ctx["params"], gpus=backend.gives_gpus(), slots=backend.executor_slots()
+            ctx["params"], planned or {}, gpus=backend.gives_gpus(), slots=backend.executor_slots()
         )
         root = plan.run_root(ctx["params"]["output_root"], ctx["run_id"])
         return [jobs.provenance_job(record, run_root=root)]

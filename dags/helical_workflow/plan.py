@@ -273,9 +273,12 @@ def longest_timeout_minutes(pool: str) -> int:
     )
 
 
-def quote_hints(params: dict[str, Any], *, gpus: bool, slots: int) -> dict[str, Any]:
+def quote_hints(
+    params: dict[str, Any], planned: dict[str, Any], *, gpus: bool, slots: int
+) -> dict[str, Any]:
     """What ``helical-runner provenance`` needs to quote the run beside what it measured:
-    the device the planner planned for, the embed jobs at once, each model's GPUs per job."""
+    the device the planner planned for, the embed jobs at once, each model's GPUs per
+    job and embed tasks (warm runners: each pays its start-up once)."""
     overrides = params.get("profile_overrides") or {}
     per_job = {}
     for model in dict.fromkeys(params.get("models") or []):
@@ -284,13 +287,23 @@ def quote_hints(params: dict[str, Any], *, gpus: bool, slots: int) -> dict[str, 
         except profiles.ProfileError:
             continue  # the run already failed on it in resolve; nothing to quote
         per_job[model] = int(((profile.get("resources") or {}).get("gpu") or {}).get("count") or 0)
-    return {"device": "gpu" if gpus else "cpu", "parallel": max(1, slots), "gpus": per_job}
+    return {
+        "device": "gpu" if gpus else "cpu",
+        "parallel": max(1, slots),
+        "gpus": per_job,
+        "tasks": planned.get("tasks_by_model") or {},
+    }
 
 
 def unless_dry_run(planned: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The plan, or (param ``dry_run``) the same plan with nothing in it: the run
-    validates its datasets and writes the quote (write_provenance), embeds nothing."""
+    """The plan (with ``tasks_by_model``: embed tasks per model, for the quote), or
+    (param ``dry_run``) the same plan with nothing in it: the run validates its
+    datasets and writes the quote (write_provenance), embeds nothing."""
+    counts: dict[str, int] = {}
+    for pool in profiles.known_pools():
+        for task in planned.get(pool, []):
+            counts[task["model"]] = counts.get(task["model"], 0) + 1
     if not params.get("dry_run"):
-        return planned
+        return {**planned, "tasks_by_model": counts}
     log.info("dry run: nothing is embedded; the quote is in the write_provenance task log")
-    return {key: [] for key in planned}
+    return {**{key: [] for key in planned}, "tasks_by_model": counts}

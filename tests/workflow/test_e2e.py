@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GOOD_RUN_MODELS as MODELS
-from conftest import good_run_conf
-from conftest import read_embedding_shape, read_obs_names
+from conftest import good_run_conf, read_embedding_shape, read_obs_names
 
 
 def _states(airflow, run_id) -> dict[tuple[str, int], object]:

@@ -102,3 +102,14 @@ def test_price_table_without_the_instance_is_one_line_exit_2(capsys, tmp_path):
         capsys, "plan", "--input", PBMC, "--model", "scgpt", "--prices", bad
     )
     assert code == 2 and "on_demand must be a price per hour" in _one_error_line(err)
+
+
+def test_warm_tasks_pay_the_start_up_once_each():
+    prices = quote.load_prices()
+    prof = profiles.load("geneformer").with_overrides(cells_per_shard=100)
+    rows = [("a", 1000)]  # 10 shards
+    cold = quote.model_quote(prof, rows, device="cpu", prices=prices, parallel=2)
+    warm = quote.model_quote(prof, rows, device="cpu", prices=prices, parallel=2, processes=2)
+    assert cold["embed_tasks"] == 10 and warm["embed_tasks"] == 2
+    assert warm["busy_s"] == pytest.approx(cold["busy_s"] - 8 * prof.startup_s, abs=0.2)
+    assert warm["cost_on_demand"] < cold["cost_on_demand"] and warm["tasks"] == 2 + 2

@@ -112,8 +112,13 @@ def model_quote(
     device: str,
     prices: Prices,
     parallel: int = 1,
+    processes: int | None = None,
 ) -> dict[str, Any]:
-    """The quote of one model over ``datasets`` (name, cells)."""
+    """The quote of one model over ``datasets`` (name, cells).
+
+    :param processes: runner processes the shards are embedded by (the DAG's warm
+        tasks: each pays ``startup_s`` once); default one per shard.
+    """
     if parallel < 1:
         raise BadInput(f"--parallel must be >= 1, not {parallel}")
     rate_key, instance_device, gpus = _device_key(profile, device)
@@ -134,8 +139,14 @@ def model_quote(
         cells += n
         for start in range(0, n, profile.cells_per_shard):
             shard_s.append(startup + min(profile.cells_per_shard, n - start) / rate)
-    busy = sum(shard_s)
-    wall = max(max(shard_s, default=0.0), busy / parallel)
+    if processes and processes < len(shard_s):
+        # a warm task's later shards start with the runner already up
+        shard_s = [s - startup for s in shard_s]
+        busy = sum(shard_s) + startup * processes
+        wall = max(startup + max(shard_s, default=0.0), busy / min(parallel, processes))
+    else:
+        busy = sum(shard_s)
+        wall = max(max(shard_s, default=0.0), busy / parallel)
     per_instance = int(row.get("gpus") or 0)
     # a job takes `gpus` of an instance's GPUs; a CPU job takes the whole instance
     instance_hours = busy / 3600 * (gpus / per_instance if gpus and per_instance else 1)
@@ -143,8 +154,9 @@ def model_quote(
         "model": profile.model,
         "cells": cells,
         "shards": len(shard_s),
-        "embed_tasks": len(shard_s),
-        "tasks": len(shard_s) + 2 * len(datasets),  # + a merge and a report per dataset
+        "embed_tasks": min(processes or len(shard_s), len(shard_s)),
+        # + a merge per dataset and a report per dataset
+        "tasks": min(processes or len(shard_s), len(shard_s)) + 2 * len(datasets),
         "device": device if device == "cpu" else instance_device,
         "gpus_per_job": gpus,
         "instance": instance,
@@ -265,8 +277,16 @@ def record_estimate(record: dict[str, Any], prices: Prices | None = None) -> dic
             prices = prices or load_prices()
             changes = {k: v for k, v in (overrides.get(model) or {}).items() if k in QUOTED_FIELDS}
             profile = load(model).with_overrides(**changes)
+            processes = (hints.get("tasks") or {}).get(model)
             rows.append(
-                model_quote(profile, datasets, device=device, prices=prices, parallel=parallel)
+                model_quote(
+                    profile,
+                    datasets,
+                    device=device,
+                    prices=prices,
+                    parallel=parallel,
+                    processes=processes,
+                )
             )
         except BadInput as exc:
             rows.append({"model": model, "error": str(exc)})
