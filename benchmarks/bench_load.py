@@ -407,7 +407,7 @@ def scheduler_loop(stack: NativeStack, start: float, end: float) -> dict:
 
 
 def summarize(stack, args, runs, started, finished, samples, faults, states, work, slots) -> dict:
-    tis, waits, overhead, airflow_only, retried = [], [], [], [], 0
+    tis, waits, overhead, airflow_only, retried = [], [], [], [], []
     problems: list[str] = []
     by_task: dict[str, list[float]] = {}
     out = work / "out"
@@ -419,7 +419,8 @@ def summarize(stack, args, runs, started, finished, samples, faults, states, wor
         for ti in run_tis:
             if ti.get("duration") is not None:
                 by_task.setdefault(ti["task_id"], []).append(float(ti["duration"]))
-            retried += (ti.get("try_number") or 1) > 1
+            if (ti.get("try_number") or 1) > 1:
+                retried.append(f"{run_id}/{ti['task_id']}[{ti.get('map_index')}]")
             queued, begun, ended = (
                 ts(ti.get("queued_when")),
                 ts(ti.get("start_date")),
@@ -430,23 +431,22 @@ def summarize(stack, args, runs, started, finished, samples, faults, states, wor
             if ti["state"] != "success" or not (begun and ended):
                 continue
             if ti["task_id"].startswith("embed_"):
-                label = ti.get("rendered_map_index") or ""
+                # "name/model/START:STOP" or, a warm task, "... (N shards)"
+                label = (ti.get("rendered_map_index") or "").split(" ", 1)[0]
                 try:
                     name, model, cells = label.split("/")
-                    start_s, stop_s = cells.split(":")
+                    lo, hi = (int(x) for x in cells.split(":"))
                 except ValueError:
                     continue
-                manifest = (
-                    root
-                    / name
-                    / "shards"
-                    / model
-                    / f"{int(start_s):09d}-{int(stop_s):09d}.h5ad.manifest.json"
-                )
-                if manifest.exists():
-                    overhead.append(
-                        ended - begun - runner_seconds(json.loads(manifest.read_text()))
-                    )
+                # the runner's own time: every shard manifest of the task's cell range
+                spent = [
+                    runner_seconds(m)
+                    for m in map(json.loads, map(Path.read_text,
+                                 (root / name / "shards" / model).glob("*.manifest.json")))
+                    if lo <= m["selection"]["start"] and m["selection"]["stop"] <= hi
+                ]  # fmt: skip
+                if spent:
+                    overhead.append(ended - begun - sum(spent))
             elif ti["operator"] in ("_PythonDecoratedOperator", "PythonOperator", "@task"):
                 airflow_only.append(ended - begun)
         checked = check_outputs(out, run_id, datasets, args.models)
@@ -484,7 +484,8 @@ def summarize(stack, args, runs, started, finished, samples, faults, states, wor
         "worker_rss_peak_bytes": peak("worker_rss_bytes"),
         "runner_rss_peak_bytes": peak("runner_rss_bytes"),
         "runners_at_once_peak": peak("runners"),
-        "tasks_retried": retried,
+        "tasks_retried": len(retried),
+        "retried": retried,
         "faults": faults,
         "outputs_checked": sum(len(d) for d in runs.values()) * len(args.models),
         "data_problems": problems,
