@@ -63,7 +63,7 @@ from client import (  # noqa: E402
     cmdline,
     cpu_ticks,
     descendants,
-    live,
+    kill_tree,
     machine_ticks,
     poll,
     psql,
@@ -243,11 +243,7 @@ def fire(stack: NativeStack, fault: str, slots: int) -> dict:
     if fault == "worker-kill":
         worker = before["airflow-worker"]
         victims = [worker, *descendants(worker)]
-        os.killpg(worker, signal.SIGKILL)
-        for pid in victims:
-            if live(pid):
-                os.kill(pid, signal.SIGKILL)
-        poll(lambda: not any(live(p) for p in victims), 30, "the worker and its runners to die")
+        kill_tree(worker, victims, 30, "the worker and its runners to die")
         event["killed"] = len(victims)
         stack.run("start", timeout=600)
     elif fault in ("postgres-restart", "redis-restart"):

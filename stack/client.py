@@ -85,6 +85,18 @@ def descendants(root: int) -> set[int]:
     return found
 
 
+def kill_tree(leader: int, victims: list[int], timeout: float, what: str) -> None:
+    """SIGKILL ``leader``'s process group and every pid in ``victims`` (a crash takes a
+    worker's task processes with it); wait until none is alive."""
+    import signal
+
+    os.killpg(leader, signal.SIGKILL)
+    for pid in victims:
+        if live(pid):
+            os.kill(pid, signal.SIGKILL)
+    poll(lambda: not any(live(p) for p in victims), timeout, what)
+
+
 def listening_sockets(pids: set[int], kind: str = "-t") -> list[tuple[str, str]]:
     """(local address, process) of every listening socket (`ss -l -t|-u`) owned by one of `pids`."""
     argv = ["ss", "-H", "-lnp", kind]

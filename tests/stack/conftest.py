@@ -27,6 +27,7 @@ from client import (  # noqa: E402,F401 (re-exported to the tests)
     airflow_venv,
     descendants,
     free_port_block,
+    kill_tree,
     listening_sockets,
     live,
     poll,

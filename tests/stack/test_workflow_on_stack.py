@@ -9,8 +9,6 @@ mid-run) after which the DAG still succeeds with the same embeddings.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_dashboards import all_exprs
 
-from conftest import DAG_ID, MODELS, RUNNER_VENV, live, poll
+from conftest import DAG_ID, MODELS, RUNNER_VENV, kill_tree, poll
 
 
 def runner_processes(root_pid: int) -> list[int]:
@@ -144,11 +142,7 @@ def test_worker_killed_during_a_runner_task_is_retried_with_identical_output(wor
 
     # A worker crash takes its task processes with it: kill the whole tree.
     victims = [worker, *runner_processes(worker)]
-    os.killpg(worker, signal.SIGKILL)
-    for pid in victims:
-        if live(pid):
-            os.kill(pid, signal.SIGKILL)
-    poll(lambda: not any(live(p) for p in victims), 10, "the worker and its runner to die")
+    kill_tree(worker, victims, 10, "the worker and its runner to die")
 
     stack.run("start")  # starts only what is missing: a new worker
     after = stack.pids()
